@@ -1,0 +1,49 @@
+"""The contract every backend keeps.
+
+The functional layer validates everything first, then asks a backend for a `Plan` once per set of tensors (one param
+group, one dtype, one step count) and runs it every step:
+
+    plan = backend.prepare(spec, params, slots, flags)  # once: tables, chunking, kernel lookup, compile if needed
+    plan.run(grads, scalars)                             # every step: one fused pass, nothing allocated
+
+`params` are C-contiguous arrays (the backend's own array type, in their own shapes) of one dtype; `slots` maps
+every slot of `spec.slots` to a list of arrays shaped like the params, or to None for an inactive slot; `grads`
+are validated, C-contiguous and shaped like the params, and are often the very same objects step after step (a
+plan may cache what it builds from them by identity); `flags` is `spec.flags(hyper)`; `scalars`
+is `spec.scalars(hyper, step)` as Python floats (the backend casts them to the compute dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+
+class Plan(Protocol):
+    def run(self, grads: Sequence, scalars: tuple) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when this backend works here, else one line saying what is missing."""
+
+    def owns(self, array) -> bool:
+        """True for the array types this backend updates (NumPy for numpy/cpu, CUDA arrays for cuda)."""
+
+    def as_array(self, array):
+        """The backend's own array viewing the same memory (zero-copy), e.g. a CuPy view of a torch CUDA tensor."""
+
+    def state_dtype(self, param_dtype):
+        """The dtype of state arrays for parameters of this dtype, or raise TypeError if the dtype is unsupported."""
+
+    def full_like(self, param, value: float, dtype):
+        """A new array shaped like `param`, of `dtype`, filled with `value`."""
+
+    def to_numpy(self, array):
+        """A NumPy copy (for state_dict)."""
+
+    def copy_into(self, target, source) -> None:
+        """Copy the NumPy array `source` into `target` (for load_state_dict)."""
+
+    def prepare(self, spec, params: Sequence, slots: dict, flags: tuple) -> Plan: ...

@@ -1,0 +1,58 @@
+"""The `numpy` backend: runs `fastopt.reference` tensor by tensor. The oracle, and the fallback without Numba."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastopt import reference
+
+SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NumpyArrays:
+    """Array handling shared by the two NumPy backends (numpy and cpu)."""
+
+    def owns(self, array) -> bool:
+        return isinstance(array, np.ndarray)
+
+    def as_array(self, array):
+        return array
+
+    def state_dtype(self, param_dtype):
+        if param_dtype not in SUPPORTED:
+            raise TypeError(f"the {self.name} backend updates float32 and float64 params, got {param_dtype}")
+        return param_dtype
+
+    def full_like(self, param, value, dtype):
+        return np.full(param.shape, value, dtype=dtype)
+
+    def to_numpy(self, array):
+        return np.array(array, copy=True)
+
+    def copy_into(self, target, source):
+        np.copyto(target, source)
+
+
+class _ReferencePlan:
+    def __init__(self, spec, params, slots, flags):
+        self.kernel = getattr(reference, spec.kernel)
+        self.params = params
+        self.slots = [slots[s.name] or [None] * len(params) for s in spec.slots]
+        self.flags = flags
+
+    def run(self, grads, scalars):
+        for i, (param, grad) in enumerate(zip(self.params, grads)):
+            self.kernel(param, grad, *(slot[i] for slot in self.slots), *scalars, *self.flags)
+
+
+class NumpyBackend(NumpyArrays):
+    name = "numpy"
+
+    def unavailable_reason(self):
+        return None
+
+    def prepare(self, spec, params, slots, flags):
+        return _ReferencePlan(spec, params, slots, flags)
+
+
+BACKEND = NumpyBackend()

@@ -1,0 +1,163 @@
+"""The functional layer: validate, allocate state, group tensors by dtype, and hand them to a backend.
+
+    state = fastopt.functional.init_state("adam", params, lr=1e-3)
+    for step in range(1, n + 1):
+        fastopt.functional.adam(params, grads, state, step=step, lr=1e-3)
+
+`update` (and one function per optimizer, named after it) is a one-shot call; `FusedUpdate` keeps what the backend
+prepared (tables, typed lists, compiled kernels) from one step to the next, and is what `fastopt.optim` uses.
+Everything is checked before any kernel runs, so bad input raises and changes nothing.
+"""
+
+from __future__ import annotations
+
+from fastopt import dispatch
+from fastopt.specs import SPECS, OptimizerSpec
+
+
+def get_spec(optimizer) -> OptimizerSpec:
+    if isinstance(optimizer, OptimizerSpec):
+        return optimizer
+    if optimizer not in SPECS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(SPECS)}")
+    return SPECS[optimizer]
+
+
+def with_defaults(spec: OptimizerSpec, hyper: dict) -> dict:
+    """The hyperparameters with defaults filled in, validated."""
+    full = {**spec.defaults, **hyper}
+    spec.validate(full)
+    return full
+
+
+# ---- array checks -------------------------------------------------------------------------------------------------
+
+def _memory_range(array):
+    interface = getattr(array, "__array_interface__", None) or getattr(array, "__cuda_array_interface__", None)
+    if interface is None:
+        return None
+    start = interface["data"][0]
+    return start, start + array.nbytes, bool(interface["data"][1])
+
+
+def _is_contiguous(array) -> bool:
+    flags = getattr(array, "flags", None)
+    return bool(flags.c_contiguous) if flags is not None else bool(array.is_contiguous())
+
+
+def check_params(params, backend, names) -> None:
+    """Floating point of a dtype the backend supports, writable, C-contiguous, and no memory shared between two."""
+    ranges = []
+    for name, p in zip(names, params):
+        if not backend.owns(p):
+            raise TypeError(f"{name}: expected an array the {backend.name} backend updates, got {type(p).__name__}")
+        dtype = p.dtype
+        if getattr(dtype, "kind", None) != "f":
+            raise TypeError(f"{name}: expected a floating-point array, got dtype {dtype}")
+        backend.state_dtype(dtype)  # raises TypeError naming what this backend supports
+        if not _is_contiguous(p):
+            raise ValueError(f"{name}: expected a C-contiguous array (fused kernels update memory in place); "
+                             "pass a contiguous copy and train that")
+        memory = _memory_range(p)
+        if memory is not None:
+            if memory[2]:
+                raise ValueError(f"{name}: the array is read-only; an optimizer must update it in place")
+            if p.size:
+                ranges.append((memory[0], memory[1], name))
+    ranges.sort()
+    for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
+        if start < end:
+            raise ValueError(f"{first} and {second} share memory: each parameter must be its own array")
+
+
+def check_grads(grads, params, names, grad_names) -> None:
+    """One array per param, of the param's array type, shape and dtype, and C-contiguous."""
+    if len(grads) != len(params):
+        raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
+    for p, g, pname, gname in zip(params, grads, names, grad_names):
+        if g is None:
+            raise TypeError(f"{gname}: gradient is None; every param needs a gradient")
+        if type(g) is not type(p):
+            raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}")
+        if g.shape != p.shape:
+            raise ValueError(f"{gname}: expected shape {tuple(p.shape)} like {pname}, got {tuple(g.shape)}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{gname}: expected dtype {p.dtype} like {pname}, got {g.dtype}")
+        if not _is_contiguous(g):
+            raise ValueError(f"{gname}: expected a C-contiguous array")
+
+
+# ---- state ----------------------------------------------------------------------------------------------------------
+
+def init_state(optimizer, params, backend=None, **hyper) -> dict:
+    """Fresh state: slot name -> list of arrays (one per param), for the slots these hyperparameters use."""
+    spec = get_spec(optimizer)
+    hyper = with_defaults(spec, hyper)
+    backend = dispatch.choose_backend(list(params), backend)
+    arrays = [backend.as_array(p) for p in params]
+    return {slot.name: [backend.full_like(p, slot.init(hyper), backend.state_dtype(p.dtype)) for p in arrays]
+            for slot in spec.active_slots(hyper)}
+
+
+def check_state(spec, hyper, params, state, backend, names) -> None:
+    for slot in spec.active_slots(hyper):
+        arrays = state.get(slot.name)
+        if arrays is None or len(arrays) != len(params):
+            raise ValueError(f"state[{slot.name!r}]: expected {len(params)} arrays, one per param")
+        for p, s, name in zip(params, arrays, names):
+            if not backend.owns(s) or s.shape != p.shape or s.dtype != backend.state_dtype(p.dtype) \
+                    or not _is_contiguous(s):
+                raise ValueError(f"state[{slot.name!r}] for {name}: expected a contiguous "
+                                 f"{backend.state_dtype(p.dtype)} array of shape {tuple(p.shape)}")
+
+
+# ---- the update -----------------------------------------------------------------------------------------------------
+
+class FusedUpdate:
+    """A prepared update of a fixed list of params and their state: one backend plan per dtype."""
+
+    def __init__(self, spec: OptimizerSpec, params, state: dict, hyper: dict, backend):
+        self.spec, self.backend = spec, backend
+        self.flags = spec.flags(hyper)
+        by_dtype: dict = {}
+        for i, p in enumerate(params):
+            by_dtype.setdefault(p.dtype, []).append(i)
+        self.plans = []
+        for indices in by_dtype.values():
+            slots = {s.name: ([state[s.name][i] for i in indices] if s.active(hyper) else None) for s in spec.slots}
+            plan = backend.prepare(spec, [params[i] for i in indices], slots, self.flags)
+            self.plans.append((None if len(by_dtype) == 1 else indices, plan))
+
+    def run(self, grads, hyper: dict, step: int) -> None:
+        scalars = self.spec.scalars(hyper, step)
+        for indices, plan in self.plans:
+            plan.run(grads if indices is None else [grads[i] for i in indices], scalars)
+
+
+def update(optimizer, params, grads, state, *, step: int, backend=None, **hyper) -> None:
+    """One step of `optimizer` on `params` (updated in place) and `state` (from `init_state`, updated in place)."""
+    spec = get_spec(optimizer)
+    hyper = with_defaults(spec, hyper)
+    params, grads = list(params), list(grads)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"step: expected an int >= 1 (the number of this step), got {step!r}")
+    backend = dispatch.choose_backend(params, backend)
+    names = [f"params[{i}]" for i in range(len(params))]
+    check_params(params, backend, names)
+    check_grads(grads, params, names, [f"grads[{i}]" for i in range(len(grads))])
+    arrays = [backend.as_array(p) for p in params]
+    check_state(spec, hyper, arrays, state, backend, names)
+    FusedUpdate(spec, arrays, state, hyper, backend).run([backend.as_array(g) for g in grads], hyper, step)
+
+
+def _named(spec: OptimizerSpec):
+    def step_function(params, grads, state, *, step, backend=None, **hyper):
+        update(spec, params, grads, state, step=step, backend=backend, **hyper)
+    step_function.__name__ = step_function.__qualname__ = spec.name
+    step_function.__doc__ = (f"One {spec.name} step, in place. Hyperparameters and defaults: {spec.defaults}; "
+                             f"state slots: {[s.name for s in spec.slots]} (see init_state).")
+    return step_function
+
+
+globals().update({name: _named(spec) for name, spec in SPECS.items()})
+__all__ = ["update", "init_state", "FusedUpdate", *SPECS]

@@ -1,0 +1,226 @@
+"""Every optimizer, declared once.
+
+A declaration names the optimizer's hyperparameters (defaults and checks), its state slots (initial value and when
+they exist), the boolean flags its kernels are specialised on, and the run-time scalars the kernels receive for a
+given step. Every layer (the classes, the functional API, the backends, the tests, the benchmarks) reads these
+declarations and nothing else, so adding an optimizer means adding one `OptimizerSpec` here, its reference function,
+its two kernels and its golden data.
+
+Kernel calling convention, shared by the reference, the Numba kernels and the CUDA kernels:
+
+    kernel(param, grad, *slots, *scalars, *flags)
+
+`slots` are all of `spec.slots` in declaration order (an inactive slot is passed as a placeholder and never
+touched), `scalars` is `spec.scalars(hyper, step)` and `flags` is `spec.flags(hyper)`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+# ---- hyperparameter checks: each returns None when the value is fine, else what was expected ----------------------
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def at_least_zero(value):
+    return None if _real(value) and value >= 0 else "a number >= 0"
+
+
+def above_zero(value):
+    return None if _real(value) and value > 0 else "a number > 0"
+
+
+def in_unit_interval(value):
+    return None if _real(value) and 0 <= value <= 1 else "a number in [0, 1]"
+
+
+def finite(value):
+    return None if _real(value) and math.isfinite(value) else "a finite number"
+
+
+def boolean(value):
+    return None if isinstance(value, bool) else "True or False"
+
+
+def beta_pair(value):
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(_real(b) and 0 <= b < 1 for b in value))
+    return None if ok else "a pair (beta1, beta2) of numbers in [0, 1)"
+
+
+@dataclass(frozen=True)
+class Hyper:
+    name: str
+    default: Any
+    check: Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A state array shaped like the parameter, filled with `init(hyper)` when first needed."""
+    name: str
+    init: Callable[[dict], float] = lambda hyper: 0.0
+    active: Callable[[dict], bool] = lambda hyper: True
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str                                   # the functional name, e.g. "adam"
+    class_name: str                             # the public class, e.g. "Adam"
+    kernel: str                                 # the kernel family, e.g. "adam" for Adam and AdamW
+    hypers: tuple[Hyper, ...]
+    slots: tuple[Slot, ...]
+    scalar_names: tuple[str, ...]               # names of what `scalars` returns, in kernel order
+    scalars: Callable[[dict, int], tuple]       # (hyper, step) -> run-time kernel scalars, computed in float64
+    flag_names: tuple[str, ...] = ()
+    flags: Callable[[dict], tuple] = lambda hyper: ()
+    cross_check: Callable[[dict], str | None] = lambda hyper: None  # a rule joining several hyperparameters
+
+    @property
+    def defaults(self) -> dict:
+        return {h.name: h.default for h in self.hypers}
+
+    def validate(self, hyper: dict) -> None:
+        """Raise TypeError/ValueError naming the first bad hyperparameter; return None when all are fine."""
+        known = {h.name for h in self.hypers}
+        for key in hyper:
+            if key not in known and key not in ("params", "param_names"):
+                raise TypeError(f"{self.name}: unknown hyperparameter {key!r}; expected one of {sorted(known)}")
+        for h in self.hypers:
+            value = hyper[h.name]
+            expected = h.check(value)
+            if expected is not None:
+                kind = TypeError if h.check is boolean or not _value_like(value) else ValueError
+                raise kind(f"{self.name}: invalid {h.name}={value!r}; expected {expected}")
+        problem = self.cross_check(hyper)
+        if problem:
+            raise ValueError(f"{self.name}: {problem}")
+
+    def active_slots(self, hyper: dict) -> tuple[Slot, ...]:
+        return tuple(s for s in self.slots if s.active(hyper))
+
+
+def _value_like(value) -> bool:
+    return _real(value) or isinstance(value, (tuple, list))
+
+
+def _grad_sign(hyper) -> float:
+    return -1.0 if hyper["maximize"] else 1.0
+
+
+# ---- SGD (torch.optim.SGD) ----------------------------------------------------------------------------------------
+
+def _sgd_scalars(h, step):
+    # torch copies the gradient into a fresh buffer on the first step; with a zero buffer, decay 0 and scale 1
+    # give exactly that, so the kernel needs no first-step branch.
+    first = step == 1
+    return (h["lr"], _grad_sign(h), h["weight_decay"], h["momentum"],
+            0.0 if first else h["momentum"], 1.0 if first else 1.0 - h["dampening"])
+
+
+def _sgd_cross_check(h):
+    if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+        return "nesterov=True requires momentum > 0 and dampening = 0"
+    return None
+
+
+SGD = OptimizerSpec(
+    name="sgd", class_name="SGD", kernel="sgd",
+    hypers=(Hyper("lr", 1e-3, at_least_zero), Hyper("momentum", 0.0, at_least_zero),
+            Hyper("dampening", 0.0, finite), Hyper("weight_decay", 0.0, at_least_zero),
+            Hyper("nesterov", False, boolean), Hyper("maximize", False, boolean)),
+    slots=(Slot("momentum_buffer", active=lambda h: h["momentum"] != 0),),
+    scalar_names=("lr", "grad_sign", "weight_decay", "momentum", "buffer_decay", "grad_scale"),
+    scalars=_sgd_scalars,
+    flag_names=("use_momentum", "nesterov"),
+    flags=lambda h: (h["momentum"] != 0, h["nesterov"]),
+    cross_check=_sgd_cross_check,
+)
+
+
+# ---- Adagrad (torch.optim.Adagrad) --------------------------------------------------------------------------------
+
+ADAGRAD = OptimizerSpec(
+    name="adagrad", class_name="Adagrad", kernel="adagrad",
+    hypers=(Hyper("lr", 1e-2, at_least_zero), Hyper("lr_decay", 0.0, at_least_zero),
+            Hyper("weight_decay", 0.0, at_least_zero), Hyper("initial_accumulator_value", 0.0, at_least_zero),
+            Hyper("eps", 1e-10, above_zero), Hyper("maximize", False, boolean)),
+    slots=(Slot("sum", init=lambda h: h["initial_accumulator_value"]),),
+    scalar_names=("clr", "grad_sign", "weight_decay", "eps"),
+    scalars=lambda h, step: (h["lr"] / (1 + (step - 1) * h["lr_decay"]), _grad_sign(h), h["weight_decay"], h["eps"]),
+)
+
+
+# ---- RMSprop (torch.optim.RMSprop) --------------------------------------------------------------------------------
+
+RMSPROP = OptimizerSpec(
+    name="rmsprop", class_name="RMSprop", kernel="rmsprop",
+    hypers=(Hyper("lr", 1e-2, at_least_zero), Hyper("alpha", 0.99, in_unit_interval), Hyper("eps", 1e-8, above_zero),
+            Hyper("weight_decay", 0.0, at_least_zero), Hyper("momentum", 0.0, at_least_zero),
+            Hyper("centered", False, boolean), Hyper("maximize", False, boolean)),
+    slots=(Slot("square_avg"),
+           Slot("momentum_buffer", active=lambda h: h["momentum"] > 0),
+           Slot("grad_avg", active=lambda h: h["centered"])),
+    scalar_names=("lr", "grad_sign", "weight_decay", "alpha", "one_minus_alpha", "eps", "momentum"),
+    scalars=lambda h, step: (h["lr"], _grad_sign(h), h["weight_decay"], h["alpha"], 1.0 - h["alpha"], h["eps"],
+                             h["momentum"]),
+    flag_names=("centered", "use_momentum"),
+    flags=lambda h: (h["centered"], h["momentum"] > 0),
+)
+
+
+# ---- Adadelta (torch.optim.Adadelta) ------------------------------------------------------------------------------
+
+ADADELTA = OptimizerSpec(
+    name="adadelta", class_name="Adadelta", kernel="adadelta",
+    hypers=(Hyper("lr", 1.0, at_least_zero), Hyper("rho", 0.9, in_unit_interval), Hyper("eps", 1e-6, above_zero),
+            Hyper("weight_decay", 0.0, at_least_zero), Hyper("maximize", False, boolean)),
+    slots=(Slot("square_avg"), Slot("acc_delta")),
+    scalar_names=("lr", "grad_sign", "weight_decay", "rho", "one_minus_rho", "eps"),
+    scalars=lambda h, step: (h["lr"], _grad_sign(h), h["weight_decay"], h["rho"], 1.0 - h["rho"], h["eps"]),
+)
+
+
+# ---- Adam and AdamW (torch.optim.Adam / AdamW): one kernel, weight decay coupled or decoupled ----------------------
+
+def _adam_scalars(h, step):
+    beta1, beta2 = h["betas"]
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    # 1 - beta and the bias corrections come from the host in float64: computing them in fp32 in a kernel drifts.
+    return (h["lr"], _grad_sign(h), h["weight_decay"], beta1, 1.0 - beta1, beta2, 1.0 - beta2, h["eps"],
+            h["lr"] / bias_correction1, math.sqrt(bias_correction2), 1.0 - h["lr"] * h["weight_decay"])
+
+
+def _adam_like(name, class_name, weight_decay, decoupled):
+    return OptimizerSpec(
+        name=name, class_name=class_name, kernel="adam",
+        hypers=(Hyper("lr", 1e-3, at_least_zero), Hyper("betas", (0.9, 0.999), beta_pair),
+                Hyper("eps", 1e-8, above_zero), Hyper("weight_decay", weight_decay, at_least_zero),
+                Hyper("amsgrad", False, boolean), Hyper("maximize", False, boolean)),
+        slots=(Slot("exp_avg"), Slot("exp_avg_sq"), Slot("max_exp_avg_sq", active=lambda h: h["amsgrad"])),
+        scalar_names=("lr", "grad_sign", "weight_decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                      "eps", "step_size", "bias_correction2_sqrt", "decay_factor"),
+        scalars=_adam_scalars,
+        flag_names=("amsgrad", "decoupled"),
+        flags=lambda h: (h["amsgrad"], decoupled),
+    )
+
+
+ADAM = _adam_like("adam", "Adam", 0.0, decoupled=False)
+ADAMW = _adam_like("adamw", "AdamW", 1e-2, decoupled=True)
+
+
+SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW)}
+
+# Named shorthands: the classic chapters' names for SGD with momentum (public class name -> spec, new defaults).
+SHORTHANDS: dict[str, tuple[OptimizerSpec, dict]] = {
+    "Momentum": (SGD, {"momentum": 0.9}),
+    "Nesterov": (SGD, {"momentum": 0.9, "nesterov": True}),
+}

@@ -1,0 +1,29 @@
+"""Adadelta, fused. See fastopt.reference.adadelta."""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+
+
+@njit(**SPAN_OPTIONS)
+def _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
+    decay = weight_decay != 0
+    for i in range(p.size):
+        param = p[i]
+        d = g[i] * grad_sign
+        if decay:
+            d = d + weight_decay * param
+        s = rho * sq[i] + one_minus_rho * (d * d)
+        sq[i] = s
+        delta = np.sqrt(acc[i] + eps) / np.sqrt(s + eps) * d
+        acc[i] = rho * acc[i] + one_minus_rho * (delta * delta)
+        p[i] = param - lr * delta
+
+
+@njit(**DRIVER_OPTIONS)
+def update(chunks, params, grads, square_avgs, acc_deltas, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
+    for c in prange(chunks.shape[0]):
+        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        _span(params[t][a:b], grads[t][a:b], square_avgs[t][a:b], acc_deltas[t][a:b], lr, grad_sign,
+              weight_decay, rho, one_minus_rho, eps)

@@ -1,0 +1,26 @@
+"""Adagrad, fused. See fastopt.reference.adagrad."""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+
+
+@njit(**SPAN_OPTIONS)
+def _span(p, g, total, clr, grad_sign, weight_decay, eps):
+    decay = weight_decay != 0
+    for i in range(p.size):
+        param = p[i]
+        d = g[i] * grad_sign
+        if decay:
+            d = d + weight_decay * param
+        s = total[i] + d * d
+        total[i] = s
+        p[i] = param - clr * (d / (np.sqrt(s) + eps))
+
+
+@njit(**DRIVER_OPTIONS)
+def update(chunks, params, grads, sums, clr, grad_sign, weight_decay, eps):
+    for c in prange(chunks.shape[0]):
+        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        _span(params[t][a:b], grads[t][a:b], sums[t][a:b], clr, grad_sign, weight_decay, eps)

@@ -1,0 +1,41 @@
+"""Adam and AdamW, fused: one pass reads p, g, m, v (and v_max) and writes them back. See fastopt.reference.adam."""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+
+
+@njit(**SPAN_OPTIONS)
+def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+          bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
+    coupled_decay = weight_decay != 0 and not decoupled
+    decoupled_decay = weight_decay != 0 and decoupled
+    for i in range(p.size):
+        param = p[i]
+        if decoupled_decay:
+            param = param * decay_factor
+        d = g[i] * grad_sign
+        if coupled_decay:
+            d = d + weight_decay * param
+        m_i = m[i] + one_minus_beta1 * (d - m[i])
+        v_i = beta2 * v[i] + one_minus_beta2 * (d * d)
+        m[i] = m_i
+        v[i] = v_i
+        if amsgrad:
+            previous = v_max[i]
+            if previous > v_i or previous != previous:  # torch.maximum: NaN wins
+                v_i = previous
+            v_max[i] = v_i
+        p[i] = param - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
+
+
+@njit(**DRIVER_OPTIONS)
+def update(chunks, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+           lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+           bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
+    for c in prange(chunks.shape[0]):
+        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        _span(params[t][a:b], grads[t][a:b], exp_avgs[t][a:b], exp_avg_sqs[t][a:b], max_exp_avg_sqs[t][a:b],
+              grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+              bias_correction2_sqrt, decay_factor, amsgrad, decoupled)

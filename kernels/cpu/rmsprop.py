@@ -1,0 +1,40 @@
+"""RMSprop, plain or centred, with optional momentum, fused. See fastopt.reference.rmsprop."""
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+
+
+@njit(**SPAN_OPTIONS)
+def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
+          use_momentum):
+    decay = weight_decay != 0
+    for i in range(p.size):
+        param = p[i]
+        d = g[i] * grad_sign
+        if decay:
+            d = d + weight_decay * param
+        s = alpha * sq[i] + one_minus_alpha * (d * d)
+        sq[i] = s
+        if centered:
+            mean = g_avg[i] + one_minus_alpha * (d - g_avg[i])
+            g_avg[i] = mean
+            avg = np.sqrt(s - mean * mean) + eps
+        else:
+            avg = np.sqrt(s) + eps
+        if use_momentum:
+            b = momentum * buf[i] + d / avg
+            buf[i] = b
+            p[i] = param - lr * b
+        else:
+            p[i] = param - lr * (d / avg)
+
+
+@njit(**DRIVER_OPTIONS)
+def update(chunks, params, grads, square_avgs, momentum_buffers, grad_avgs, lr, grad_sign, weight_decay, alpha,
+           one_minus_alpha, eps, momentum, centered, use_momentum):
+    for c in prange(chunks.shape[0]):
+        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        _span(params[t][a:b], grads[t][a:b], square_avgs[t][a:b], momentum_buffers[t][a:b], grad_avgs[t][a:b],
+              lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered, use_momentum)

@@ -1,0 +1,29 @@
+"""SGD with optional momentum, dampening and Nesterov, fused. See fastopt.reference.sgd."""
+
+from numba import njit, prange
+
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+
+
+@njit(**SPAN_OPTIONS)
+def _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
+    decay = weight_decay != 0
+    for i in range(p.size):
+        param = p[i]
+        d = g[i] * grad_sign
+        if decay:
+            d = d + weight_decay * param
+        if use_momentum:
+            b = buffer_decay * buf[i] + grad_scale * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] = param - lr * d
+
+
+@njit(**DRIVER_OPTIONS)
+def update(chunks, params, grads, momentum_buffers, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale,
+           use_momentum, nesterov):
+    for c in prange(chunks.shape[0]):
+        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        _span(params[t][a:b], grads[t][a:b], momentum_buffers[t][a:b], lr, grad_sign, weight_decay, momentum,
+              buffer_decay, grad_scale, use_momentum, nesterov)
