@@ -1,0 +1,229 @@
+"""Write the golden trajectories in tests/golden/data/ by running torch.optim (needs torch; CI never runs this).
+
+    python tests/golden/make_golden.py            # rewrite every file
+    python tests/golden/make_golden.py --check    # rewrite into a temporary folder and compare byte for byte
+
+For every optimizer in `fastopt.specs.SPECS` and every configuration listed in CONFIGS below, in float64 and float32,
+this runs the torch optimizer of the same name on the single-tensor path (foreach=False, fused=False) for STEPS steps
+over a few small parameters of odd sizes, with seeded random parameters and a fresh seeded random gradient every step,
+and stores one `<optimizer>-<config>-<dtype>.npz` holding:
+
+    meta            JSON: optimizer, config, dtype, steps, hyper (every hyperparameter, defaults filled in),
+                    torch_version, numpy_version, shapes, state_keys (torch's state names per parameter, 'step' aside)
+    p{i}_init       parameter i before the first step
+    p{i}_grads      the gradient of parameter i at every step, shape (STEPS, *shape)
+    p{i}_params     parameter i after every step, shape (STEPS, *shape)
+    p{i}_state_{s}  torch's final state slot s of parameter i (only the slots torch keeps as tensors)
+    p{i}_step       torch's final step count of parameter i
+
+Gradients are drawn in float64 and cast, so the float32 and float64 files of a configuration follow the same
+trajectory up to rounding. Their scale shrinks over the steps (with random jitter) so that AMSGrad's running maximum
+really departs from the second moment. The files are written deterministically: a zip with fixed timestamps and
+sorted members, so running the script twice gives identical bytes (with the same torch and NumPy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fastopt.specs import SPECS
+
+STEPS = 12
+SHAPES = [(7,), (3, 13), (1,)]   # odd sizes; 39 elements reach torch's vectorised loop, 7 and 1 only its scalar tail
+DTYPES = ("float64", "float32")
+
+TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adadelta": "Adadelta",
+               "adam": "Adam", "adamw": "AdamW"}
+
+# Per optimizer: config name -> hyperparameters that differ from the defaults. Together they cover every flag value
+# and give every hyperparameter a non-default value at least once (tests/test_golden.py checks both).
+CONFIGS = {
+    "sgd": {
+        "default": {},
+        "lr_wd_maximize": {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
+        "momentum_dampening": {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
+        "nesterov": {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.05},
+        "momentum_maximize": {"lr": 0.02, "momentum": 0.5, "maximize": True},
+    },
+    "adagrad": {
+        "default": {},
+        "lr_decay_init_acc": {"lr": 0.1, "lr_decay": 0.05, "initial_accumulator_value": 0.3},
+        "wd_maximize_eps": {"lr": 0.05, "weight_decay": 0.1, "maximize": True, "eps": 1e-6},
+    },
+    "rmsprop": {
+        "default": {},
+        "centered": {"lr": 0.005, "alpha": 0.9, "centered": True},
+        "momentum_wd": {"momentum": 0.9, "weight_decay": 0.1},
+        "centered_momentum_maximize": {"lr": 0.003, "alpha": 0.95, "eps": 1e-6, "momentum": 0.5,
+                                       "centered": True, "maximize": True},
+        # 1 - alpha >= 0.5 takes the other branch of torch's lerp in the centred average
+        "centered_low_alpha": {"lr": 0.001, "alpha": 0.3, "centered": True},
+    },
+    "adadelta": {
+        "default": {},
+        "lr_rho_eps_wd": {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.1},
+        "maximize": {"rho": 0.95, "maximize": True},
+    },
+    "adam": {
+        "default": {},
+        "amsgrad": {"lr": 0.01, "amsgrad": True},
+        "wd_maximize": {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
+        "betas_eps_amsgrad_wd": {"lr": 0.02, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.05,
+                                 "amsgrad": True},
+        # 1 - beta1 >= 0.5 takes the other branch of torch's lerp in the first moment
+        "low_beta1": {"lr": 0.01, "betas": [0.3, 0.9]},
+    },
+    "adamw": {
+        "default": {},
+        "no_weight_decay": {"lr": 0.01, "weight_decay": 0.0},
+        "amsgrad_maximize": {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True, "maximize": True},
+        "betas_eps_wd": {"lr": 0.02, "betas": [0.85, 0.98], "eps": 1e-6, "weight_decay": 0.3},
+    },
+}
+
+
+def full_hyper(name: str, overrides: dict) -> dict:
+    spec = SPECS[name]
+    unknown = set(overrides) - set(spec.defaults)
+    if unknown:
+        raise SystemExit(f"{name}: unknown hyperparameters {sorted(unknown)}")
+    hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.defaults.items()}
+    hyper.update(overrides)
+    spec.validate(hyper)
+    return hyper
+
+
+def seed_of(*parts: str) -> int:
+    return zlib.crc32("/".join(parts).encode())
+
+
+def draw(name: str, config: str):
+    """Initial params and per-step grads in float64, identical for both dtypes of one configuration."""
+    rng = np.random.default_rng(seed_of(name, config))
+    params = [rng.standard_normal(shape) for shape in SHAPES]
+    scales = 2.0 * 0.75 ** np.arange(STEPS) * rng.uniform(0.5, 1.5, STEPS)
+    grads = [np.stack([s * rng.standard_normal(shape) for s in scales]) for shape in SHAPES]
+    return params, grads
+
+
+def run_torch(torch, name: str, hyper: dict, dtype: str, params0, grads):
+    tdtype = getattr(torch, dtype)
+    params = [torch.tensor(p.astype(dtype), dtype=tdtype) for p in params0]
+    kwargs = dict(hyper)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    cls = getattr(torch.optim, TORCH_CLASS[name])
+    extra = {"foreach": False}
+    if "fused" in cls.__init__.__code__.co_varnames:
+        extra["fused"] = False
+    opt = cls(params, **kwargs, **extra)
+    trajectory = [np.empty((STEPS,) + p.shape, dtype=dtype) for p in params0]
+    for t in range(STEPS):
+        for p, g in zip(params, grads):
+            p.grad = torch.tensor(g[t].astype(dtype), dtype=tdtype)
+        opt.step()
+        for i, p in enumerate(params):
+            trajectory[i][t] = p.detach().numpy()
+    states = []
+    for p in params:
+        state = opt.state[p]
+        slots = {k: v.detach().numpy().copy() for k, v in state.items()
+                 if k != "step" and isinstance(v, torch.Tensor)}
+        step = state.get("step", None)
+        steps_done = float(step.item()) if isinstance(step, torch.Tensor) else step
+        states.append((slots, steps_done))
+    return trajectory, states
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """np.savez_compressed, but byte-for-byte reproducible (fixed timestamps, sorted members)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, arr.getvalue(), compresslevel=9)
+    path.write_bytes(buf.getvalue())
+
+
+def generate(out: Path) -> list[Path]:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    missing = set(SPECS) - set(CONFIGS)
+    if missing:
+        raise SystemExit(f"no golden configurations for {sorted(missing)}: add them to CONFIGS")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(SPECS):
+        for config, overrides in CONFIGS[name].items():
+            hyper = full_hyper(name, overrides)
+            params0, grads = draw(name, config)
+            for dtype in DTYPES:
+                trajectory, states = run_torch(torch, name, hyper, dtype, params0, grads)
+                meta = {"optimizer": name, "config": config, "dtype": dtype, "steps": STEPS, "hyper": hyper,
+                        "torch_version": torch.__version__, "numpy_version": np.__version__,
+                        "shapes": [list(s) for s in SHAPES],
+                        "state_keys": [sorted(slots) for slots, _ in states]}
+                arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
+                for i, (p0, g, traj, (slots, steps_done)) in enumerate(zip(params0, grads, trajectory, states)):
+                    arrays[f"p{i}_init"] = p0.astype(dtype)
+                    arrays[f"p{i}_grads"] = g.astype(dtype)
+                    arrays[f"p{i}_params"] = traj
+                    arrays[f"p{i}_step"] = np.array(steps_done, dtype=np.float64)
+                    for slot, value in slots.items():
+                        arrays[f"p{i}_state_{slot}"] = value
+                path = out / f"{name}-{config}-{dtype}.npz"
+                write_npz(path, arrays)
+                written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate into a temporary folder and report files that differ from data/")
+    args = ap.parse_args(argv)
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = generate(Path(tmp))
+            names = {p.name for p in fresh}
+            stored = {p.name for p in DATA.glob("*.npz")}
+            differ = sorted(p.name for p in fresh
+                            if not (DATA / p.name).exists() or (DATA / p.name).read_bytes() != p.read_bytes())
+            stale = sorted(stored - names)
+        for n in differ:
+            print("differs:", n)
+        for n in stale:
+            print("stale (no longer generated):", n)
+        print(f"{len(fresh)} files checked, {len(differ)} differ, {len(stale)} stale")
+        return 1 if differ or stale else 0
+    for old in DATA.glob("*.npz"):
+        old.unlink()
+    written = generate(DATA)
+    total = sum(p.stat().st_size for p in written)
+    print(f"wrote {len(written)} files, {total / 1024:.0f} KiB, to {DATA}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
