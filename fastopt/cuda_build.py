@@ -1,0 +1,462 @@
+"""The CUDA kernels as sources and instantiations, checked and built without a GPU (and without CuPy).
+
+- `source(family)`: the text CuPy compiles for a kernel family: `kernels/cuda/<family>.cu` with `common.cuh` spliced
+  in place of its `#include` line and a content hash on top, so CuPy's cache key (which ignores included files) sees
+  every byte that goes into the kernel.
+- `instantiations()`: every kernel the library can launch: family x parameter dtype x flag values x {flat, table},
+  each with its CuPy name expression (`fo_adam_flat<fo_half, float, true, false>`).
+- `check_kernels()`: compiles every instantiation with nvcc for sm_80 and sm_90 (`-cubin -Xptxas -v`, one nvcc call
+  per family and architecture), prints one line per instantiation with its registers and spill bytes, and returns
+  the exit code for `python -m fastopt check-kernels`: non-zero on a compile error or any spill.
+- `build_host_library(family)`: the same source compiled for the host with g++ through `kernels/cuda/host_shim.h`,
+  with extern "C" entry points that emulate a launch, so the tests can run each kernel's arithmetic on a CPU.
+- `build_chunk_table`, `pack_pointer_table`, `choose_chunk_elems`: the multi-tensor table, shared by the CUDA
+  backend and the host tests so that both exercise the same layout.
+
+Kernel signatures (the convention the generators below rely on; see kernels/cuda/common.cuh):
+    fo_<family>_flat<P, C, FLAGS...>(P* param, const P* grad, C* slot..., long long n, C scalar...)
+    fo_<family>_table<P, C, FLAGS...>(const long long* chunks, long long nchunks, long long chunk_elems,
+        const unsigned long long* ptrs, const unsigned long long* grad_ptrs, const long long* sizes,
+        long long ntensors, C scalar...)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastopt.specs import SPECS
+
+# ---- what there is to compile ---------------------------------------------------------------------------------------
+
+BLOCK = 256          # threads per block; the kernels declare __launch_bounds__(FO_BLOCK) with this value
+KINDS = ("flat", "table")
+
+# Options for every device compilation (CuPy's NVRTC and the nvcc check). --fmad=false keeps a*b + c two roundings,
+# as the reference computes it (these kernels are memory bound: contraction buys nothing). CuPy adds -ftz=true and
+# the architecture itself; the nvcc check adds them explicitly.
+DEVICE_OPTIONS = ("--std=c++17", "--fmad=false", f"-DFO_BLOCK={BLOCK}")
+
+# parameter dtype name -> (C type of the parameter storage, C type of state and compute)
+PARAM_TYPES = {
+    "float16": ("fo_half", "float"),
+    "bfloat16": ("fo_bf16", "float"),
+    "float32": ("float", "float"),
+    "float64": ("double", "double"),
+}
+# short tags for the host entry points
+_HOST_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kernel family as the CUDA sources see it: the common shape of every spec whose `kernel` names it."""
+    name: str
+    slot_names: tuple[str, ...]
+    scalar_names: tuple[str, ...]
+    flag_names: tuple[str, ...]
+
+    def flag_combinations(self) -> list[tuple[bool, ...]]:
+        """Every value of the flags (a superset of what the specs reach, e.g. sgd nesterov without momentum)."""
+        return list(itertools.product((False, True), repeat=len(self.flag_names)))
+
+
+def _families() -> dict[str, Family]:
+    out: dict[str, Family] = {}
+    for spec in SPECS.values():
+        fam = Family(spec.kernel, tuple(s.name for s in spec.slots), spec.scalar_names, spec.flag_names)
+        if fam.name in out and out[fam.name] != fam:
+            raise RuntimeError(f"specs sharing kernel family {fam.name!r} disagree on slots, scalars or flags")
+        out.setdefault(fam.name, fam)
+    return out
+
+
+FAMILIES: dict[str, Family] = _families()
+
+
+def kernel_dir() -> Path:
+    """kernels/cuda of this checkout, or the installed fastopt.kernels.cuda package."""
+    here = Path(__file__).resolve().parent.parent / "kernels" / "cuda"
+    if (here / "common.cuh").is_file():
+        return here
+    from importlib import resources
+    return Path(str(resources.files("fastopt.kernels.cuda")))
+
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"common\.cuh"[ \t]*$', re.MULTILINE)
+_source_cache: dict[str, str] = {}
+
+
+def source(family: str) -> str:
+    """The self-contained CUDA C source of a family, exactly what CuPy compiles."""
+    if family not in _source_cache:
+        if family not in FAMILIES:
+            raise KeyError(f"unknown kernel family {family!r}; expected one of {sorted(FAMILIES)}")
+        d = kernel_dir()
+        common = (d / "common.cuh").read_text()
+        text = (d / f"{family}.cu").read_text()
+        if not _INCLUDE.search(text):
+            raise RuntimeError(f"{family}.cu must #include \"common.cuh\" (spliced in by fastopt.cuda_build)")
+        body = _INCLUDE.sub(lambda m: common, text, count=1)
+        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+        _source_cache[family] = f"// fastopt kernel family {family}, source sha256 {digest}\n{body}"
+    return _source_cache[family]
+
+
+def _cbool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def kernel_name(family: str, kind: str, dtype: str, flags: tuple) -> str:
+    """The CuPy name expression of one instantiation, e.g. 'fo_adam_table<float, float, true, false>'."""
+    fam = FAMILIES[family]
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if len(flags) != len(fam.flag_names):
+        raise ValueError(f"{family}: expected flags {fam.flag_names}, got {flags!r}")
+    p, c = PARAM_TYPES[dtype]
+    args = [p, c] + [_cbool(bool(f)) for f in flags]
+    return f"fo_{family}_{kind}<{', '.join(args)}>"
+
+
+@dataclass(frozen=True)
+class Instantiation:
+    family: str
+    dtype: str
+    flags: tuple[bool, ...]
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return kernel_name(self.family, self.kind, self.dtype, self.flags)
+
+    def signature(self) -> str:
+        """The C parameter list (for an explicit instantiation)."""
+        fam = FAMILIES[self.family]
+        p, c = PARAM_TYPES[self.dtype]
+        scalars = [c] * len(fam.scalar_names)
+        if self.kind == "flat":
+            params = [f"{p}*", f"const {p}*"] + [f"{c}*"] * len(fam.slot_names) + ["long long"] + scalars
+        else:
+            params = ["const long long*", "long long", "long long", "const unsigned long long*",
+                      "const unsigned long long*", "const long long*", "long long"] + scalars
+        return ", ".join(params)
+
+    def explicit(self) -> str:
+        return f"template __global__ void {self.name}({self.signature()});"
+
+
+def instantiations(family: str | None = None) -> list[Instantiation]:
+    fams = [family] if family else list(FAMILIES)
+    return [Instantiation(f, dtype, flags, kind)
+            for f in fams for dtype in PARAM_TYPES for flags in FAMILIES[f].flag_combinations() for kind in KINDS]
+
+
+def name_expressions(family: str) -> list[str]:
+    return [i.name for i in instantiations(family)]
+
+
+# ---- the multi-tensor table (shared by the CUDA backend and the host tests) ----------------------------------------
+
+def build_chunk_table(sizes, chunk_elems: int) -> np.ndarray:
+    """int64 chunk codes (tensor << 32) | index-in-tensor; zero-size tensors get none."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if chunk_elems <= 0:
+        raise ValueError("chunk_elems must be positive")
+    counts = -(-sizes // chunk_elems)
+    total = int(counts.sum())
+    if len(sizes) >= 2 ** 31 or (len(counts) and int(counts.max()) >= 2 ** 32):
+        raise ValueError("too many tensors or chunks for the chunk table")
+    tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.arange(total, dtype=np.int64) - first
+    return (tensor << 32) | index
+
+
+def pack_pointer_table(param_ptrs, slot_ptrs) -> np.ndarray:
+    """uint64 [role][tensor]: role 0 the params, role 1 + k slot k (`slot_ptrs[k]` a list, or None: zeros)."""
+    n = len(param_ptrs)
+    table = np.zeros((1 + len(slot_ptrs), n), dtype=np.uint64)
+    table[0] = np.asarray(param_ptrs, dtype=np.uint64) if n else 0
+    for k, ptrs in enumerate(slot_ptrs):
+        if ptrs is not None and n:
+            table[1 + k] = np.asarray(ptrs, dtype=np.uint64)
+    return table.reshape(-1)
+
+
+def vector_width(dtype: str) -> int:
+    return 16 // (8 if PARAM_TYPES[dtype][1] == "double" else 4)
+
+
+def choose_chunk_elems(total: int, target_blocks: int) -> int:
+    """Elements per chunk: 65536 for big groups; smaller for small ones so at least ~target_blocks blocks run."""
+    unit = BLOCK * 4   # one pass of a block over float4 vectors
+    want = -(-max(total, 1) // max(target_blocks, 1))
+    return int(min(65536, max(unit, -(-want // unit) * unit)))
+
+
+# ---- nvcc: compile every instantiation, report registers and spills ------------------------------------------------
+
+@dataclass
+class KernelReport:
+    arch: str
+    inst: Instantiation
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack: int
+
+
+def find_nvcc() -> str | None:
+    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    filt = shutil.which("c++filt") or shutil.which("cu++filt")
+    if not filt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def _norm(name: str) -> str:
+    return name.replace(" ", "")
+
+
+def _parse_ptxas(text: str) -> dict[str, dict]:
+    """mangled entry name -> {registers, spill_stores, spill_loads, stack} from `ptxas -v` output."""
+    info: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
+        if m:
+            current = m.group(1)
+            info.setdefault(current, dict(registers=-1, spill_stores=0, spill_loads=0, stack=0))
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            info[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            info[current]["registers"] = int(m.group(1))
+    return info
+
+
+def compile_family(family: str, arch: str, nvcc: str | None = None) -> tuple[list[KernelReport], str | None]:
+    """One nvcc call: every instantiation of `family` for `arch`. Returns (reports, error text or None)."""
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        return [], "nvcc not found (set NVCC or put it on PATH)"
+    insts = instantiations(family)
+    text = source(family) + "\n// explicit instantiations (fastopt.cuda_build)\n" + \
+        "\n".join(i.explicit() for i in insts) + "\n"
+    with tempfile.TemporaryDirectory(prefix="fastopt-nvcc-") as tmp:
+        src = Path(tmp) / f"{family}.cu"
+        src.write_text(text)
+        cmd = [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-ftz=true", *DEVICE_OPTIONS,
+               "-o", str(Path(tmp) / f"{family}.cubin"), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        return [], f"nvcc failed for {family} {arch} (exit {proc.returncode}):\n{log}"
+    info = _parse_ptxas(log)
+    demangled = _demangle(list(info))
+    by_name = {}
+    for mangled, d in info.items():
+        m = re.match(r"\s*(?:void\s+)?([^(]+)", demangled[mangled])
+        by_name[_norm(m.group(1) if m else demangled[mangled])] = d
+    reports, missing = [], []
+    for inst in insts:
+        d = by_name.get(_norm(inst.name))
+        if d is None:
+            missing.append(inst.name)
+            continue
+        reports.append(KernelReport(arch, inst, d["registers"], d["spill_stores"], d["spill_loads"], d["stack"]))
+    if missing:
+        return reports, f"ptxas reported no entry for {len(missing)} instantiation(s) of {family} {arch}: {missing[:3]}"
+    return reports, None
+
+
+def compile_all(archs=("sm_80", "sm_90"), families=None, nvcc: str | None = None):
+    """Every family for every architecture, in parallel: (reports, errors)."""
+    jobs = [(f, a) for f in (families or list(FAMILIES)) for a in archs]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        results = list(pool.map(lambda job: compile_family(job[0], job[1], nvcc), jobs))
+    reports = [r for rs, _ in results for r in rs]
+    errors = [e for _, e in results if e]
+    return reports, errors
+
+
+def check_kernels(archs=("sm_80", "sm_90"), max_registers: int | None = None, out=None) -> int:
+    """Compile every instantiation for every arch; print one line each; 0 if all compiled without spills."""
+    out = out or sys.stdout
+    nvcc = find_nvcc()
+    if nvcc is None:
+        print("check-kernels: nvcc not found (set NVCC or put it on PATH)", file=out)
+        return 2
+    reports, errors = compile_all(archs, nvcc=nvcc)
+    status = 0
+    for r in sorted(reports, key=lambda r: (r.inst.family, r.arch, r.inst.kind, r.inst.dtype, r.inst.flags)):
+        fam = FAMILIES[r.inst.family]
+        flags = " ".join(f"{n}={int(v)}" for n, v in zip(fam.flag_names, r.inst.flags)) or "-"
+        bad = r.spill_stores or r.spill_loads or (max_registers is not None and r.registers > max_registers)
+        print(f"{r.arch:6} {r.inst.family:9} {r.inst.kind:5} {r.inst.dtype:8} {flags:28} regs={r.registers:3d} "
+              f"spill={r.spill_stores}/{r.spill_loads} stack={r.stack}{'  <-- FAIL' if bad else ''}", file=out)
+        if bad:
+            status = 1
+    for e in errors:
+        print(e, file=out)
+        status = 1
+    print(f"check-kernels: {len(reports)} instantiations on {', '.join(archs)}: "
+          f"{'ok' if status == 0 else 'FAILED'}", file=out)
+    return status
+
+
+# ---- the host build -------------------------------------------------------------------------------------------------
+
+def _host_entries(family: str) -> str:
+    fam = FAMILIES[family]
+    ns, nsc = len(fam.slot_names), len(fam.scalar_names)
+    lines = ["", "// host entry points (generated by fastopt.cuda_build)"]
+    for dtype, tag in _HOST_TAGS.items():
+        p, c = PARAM_TYPES[dtype]
+        scal = ", ".join(f"({c})scalars[{i}]" for i in range(nsc))
+        flat_args = ", ".join([f"({p}*)arrays[0]", f"(const {p}*)arrays[1]"] +
+                              [f"({c}*)arrays[{2 + k}]" for k in range(ns)] + ["n", scal])
+        for kind in KINDS:
+            if kind == "flat":
+                head = (f'extern "C" int fo_host_{family}_flat_{tag}(unsigned flags, long long n, void* const* arrays, '
+                        f"const double* scalars, unsigned grid, unsigned block)")
+                args = flat_args
+            else:
+                head = (f'extern "C" int fo_host_{family}_table_{tag}(unsigned flags, const long long* chunks, '
+                        "long long nchunks, long long chunk_elems, const unsigned long long* ptrs, "
+                        "const unsigned long long* grad_ptrs, const long long* sizes, long long ntensors, "
+                        "const double* scalars, unsigned grid, unsigned block)")
+                args = f"chunks, nchunks, chunk_elems, ptrs, grad_ptrs, sizes, ntensors, {scal}"
+            lines += [head + " {", "    switch (flags) {"]
+            for flags in fam.flag_combinations():
+                mask = sum(1 << i for i, f in enumerate(flags) if f)
+                name = kernel_name(family, kind, dtype, flags)
+                lines.append(f"    case {mask}u: fo_host_launch(grid, block, [&] {{ {name}({args}); }}); return 0;")
+            lines += ["    default: return -1;", "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def host_source(family: str) -> str:
+    shim = (kernel_dir() / "host_shim.h").read_text()
+    return f"{shim}\n#define FO_BLOCK {BLOCK}\n{source(family)}\n{_host_entries(family)}"
+
+
+def find_cxx() -> str | None:
+    for cand in (os.environ.get("CXX"), shutil.which("g++"), shutil.which("c++")):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+HOST_OPTIONS = ("-O2", "-ffp-contract=off", "-std=c++17", "-fPIC", "-shared", "-fno-strict-aliasing")
+_host_libs: dict[str, ctypes.CDLL] = {}
+
+
+def build_host_library(family: str) -> ctypes.CDLL:
+    """g++ build of the family's kernels with host_shim.h, cached in a temp dir keyed by the source hash."""
+    if family in _host_libs:
+        return _host_libs[family]
+    cxx = find_cxx()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    text = host_source(family)
+    key = hashlib.sha256((text + " ".join(HOST_OPTIONS) + cxx).encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"fastopt-host-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    cache.mkdir(parents=True, exist_ok=True)
+    lib_path = cache / f"{family}-{key}.so"
+    if not lib_path.exists():
+        src = cache / f"{family}-{key}.cpp"
+        src.write_text(text)
+        tmp = cache / f"{family}-{key}.{os.getpid()}.so"
+        proc = subprocess.run([cxx, *HOST_OPTIONS, "-o", str(tmp), str(src)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"host build of {family} failed:\n{proc.stdout}{proc.stderr}")
+        os.replace(tmp, lib_path)
+    lib = ctypes.CDLL(str(lib_path))
+    fam = FAMILIES[family]
+    for tag in _HOST_TAGS.values():
+        flat = getattr(lib, f"fo_host_{family}_flat_{tag}")
+        flat.argtypes = [ctypes.c_uint, ctypes.c_longlong, ctypes.POINTER(ctypes.c_void_p),
+                         ctypes.POINTER(ctypes.c_double), ctypes.c_uint, ctypes.c_uint]
+        flat.restype = ctypes.c_int
+        table = getattr(lib, f"fo_host_{family}_table_{tag}")
+        table.argtypes = [ctypes.c_uint, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p,
+                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.POINTER(ctypes.c_double),
+                          ctypes.c_uint, ctypes.c_uint]
+        table.restype = ctypes.c_int
+    del fam
+    _host_libs[family] = lib
+    return lib
+
+
+def _dtype_key(array) -> str:
+    if array.dtype == np.uint16:      # bfloat16 travels as its bits
+        return "bfloat16"
+    return array.dtype.name
+
+
+class HostKernels:
+    """Call a family's host build with NumPy arrays, following the kernel calling convention."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.fam = FAMILIES[family]
+        self.lib = build_host_library(family)
+
+    def _mask(self, flags) -> int:
+        if len(flags) != len(self.fam.flag_names):
+            raise ValueError(f"{self.family}: expected flags {self.fam.flag_names}, got {flags!r}")
+        return sum(1 << i for i, f in enumerate(flags) if f)
+
+    def _scalars(self, scalars):
+        if len(scalars) != len(self.fam.scalar_names):
+            raise ValueError(f"{self.family}: expected scalars {self.fam.scalar_names}")
+        return (ctypes.c_double * len(scalars))(*[float(s) for s in scalars])
+
+    def flat(self, param, grad, slots, scalars, flags, grid=3, block=32):
+        """slots: one array or None per slot of the family; every array 1-D contiguous, param dtype for p/g."""
+        tag = _HOST_TAGS[_dtype_key(param)]
+        ptrs = [param.ctypes.data, grad.ctypes.data] + [0 if s is None else s.ctypes.data for s in slots]
+        arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        fn = getattr(self.lib, f"fo_host_{self.family}_flat_{tag}")
+        rc = fn(self._mask(flags), param.size, arr, self._scalars(scalars), grid, block)
+        if rc != 0:
+            raise RuntimeError(f"host kernel returned {rc}")
+
+    def table(self, params, grads, slots, scalars, flags, chunk_elems=1024, grid=5, block=32):
+        """params, grads: lists; slots: per slot a list of arrays or None."""
+        tag = _HOST_TAGS[_dtype_key(params[0])]
+        sizes = np.array([p.size for p in params], dtype=np.int64)
+        chunks = build_chunk_table(sizes, chunk_elems)
+        ptrs = pack_pointer_table([p.ctypes.data for p in params],
+                                  [None if s is None else [a.ctypes.data for a in s] for s in slots])
+        gptrs = np.array([g.ctypes.data for g in grads], dtype=np.uint64)
+        fn = getattr(self.lib, f"fo_host_{self.family}_table_{tag}")
+        rc = fn(self._mask(flags), chunks.ctypes.data, len(chunks), chunk_elems, ptrs.ctypes.data, gptrs.ctypes.data,
+                sizes.ctypes.data, len(params), self._scalars(scalars), grid, block)
+        if rc != 0:
+            raise RuntimeError(f"host kernel returned {rc}")

@@ -1,0 +1,53 @@
+// fastopt: Adam and AdamW (torch.optim.Adam / AdamW), the kernel family "adam"; the arithmetic of
+// fastopt.reference.adam, operation for operation. Slots: exp_avg, exp_avg_sq, max_exp_avg_sq. Scalars: lr,
+// grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size (lr / bias_correction1),
+// bias_correction2_sqrt, decay_factor (1 - lr * weight_decay). Flags: AMSGRAD (max_exp_avg_sq active), DECOUPLED
+// (AdamW: the parameter shrinks by decay_factor, the gradient is left alone).
+#include "common.cuh"
+
+template <typename C, bool AMSGRAD, bool DECOUPLED>
+struct fo_adam_op {
+    static constexpr int NSLOTS = 3;
+    static constexpr unsigned ACTIVE = AMSGRAD ? 7u : 3u;
+    C lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+        bias_correction2_sqrt, decay_factor;
+
+    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
+        C d;
+        if (DECOUPLED) {
+            if (weight_decay != C(0)) p = p * decay_factor;
+            d = g * grad_sign;
+        } else {
+            d = fo_direction(p, g, grad_sign, weight_decay);
+        }
+        s[0] = s[0] + one_minus_beta1 * (d - s[0]);
+        s[1] = beta2 * s[1] + one_minus_beta2 * (d * d);
+        C second = s[1];
+        if (AMSGRAD) {
+            s[2] = fo_nan_max(s[2], s[1]);
+            second = s[2];
+        }
+        const C denom = fo_sqrt(second) / bias_correction2_sqrt + eps;
+        p = p - step_size * (s[0] / denom);
+    }
+};
+
+#define FO_ADAM_SCALARS C lr, C grad_sign, C weight_decay, C beta1, C one_minus_beta1, C beta2, C one_minus_beta2, \
+    C eps, C step_size, C bias_correction2_sqrt, C decay_factor
+#define FO_ADAM_OP_INIT {lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, \
+    bias_correction2_sqrt, decay_factor}
+
+template <typename P, typename C, bool AMSGRAD, bool DECOUPLED>
+__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
+fo_adam_flat(P* param, const P* grad, C* exp_avg, C* exp_avg_sq, C* max_exp_avg_sq, long long n, FO_ADAM_SCALARS) {
+    const fo_adam_op<C, AMSGRAD, DECOUPLED> op = FO_ADAM_OP_INIT;
+    C* const s[3] = {exp_avg, exp_avg_sq, max_exp_avg_sq};
+    fo_flat<P, C>(op, param, grad, s, n);
+}
+
+template <typename P, typename C, bool AMSGRAD, bool DECOUPLED>
+__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
+fo_adam_table(FO_TABLE_PARAMS, FO_ADAM_SCALARS) {
+    const fo_adam_op<C, AMSGRAD, DECOUPLED> op = FO_ADAM_OP_INIT;
+    fo_table<P, C>(op, FO_TABLE_ARGS);
+}

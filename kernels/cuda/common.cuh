@@ -1,0 +1,223 @@
+// fastopt: what every kernel family shares: storage types, conversions, vector loads and the two traversals.
+//
+// Never compiled on its own and never #included at run time: fastopt.cuda_build splices this text into each family's
+// source in place of its `#include "common.cuh"` line, so the string CuPy compiles (and hashes for its cache) holds
+// everything. Compiled for the host through host_shim.h (FASTOPT_HOST defined) to check the arithmetic on a CPU.
+//
+// Conventions (fastopt/specs.py): kernel(param, grad, *slots, *scalars) with the boolean flags as template arguments.
+//   P  parameter (and gradient) storage: float, double, fo_half (IEEE binary16 bits), fo_bf16 (bfloat16 bits)
+//   C  state and compute type: float for fo_half/fo_bf16/float, double for double
+// An element operation is a functor `op(C& p, C g, C (&s)[NSLOTS])` with `ACTIVE`, the bit mask of slots it reads and
+// writes: the traversals load and store only those, so an inactive slot may be a null pointer.
+//
+// Traversals, both grid-stride with 64-bit sizes and offsets:
+//   flat   one contiguous range [0, n) of every array; all threads of the grid stride over it.
+//   table  a device-side table of tensors: ptrs[role * ntensors + t] (role 0 = param, 1 + k = slot k), grad_ptrs[t],
+//          sizes[t], and chunks[c] = (t << 32) | (index of the chunk within tensor t); chunk c covers elements
+//          [index * chunk_elems, min((index + 1) * chunk_elems, sizes[t])). Block b handles chunks b, b + gridDim.x, ...
+// Inside a range, 16-byte vector loads are used when every active pointer sits at the same element offset modulo the
+// vector width (V = 16 / sizeof(C) elements): a scalar head brings them to 16-byte alignment (8 bytes for 2-byte P),
+// the vector body follows, then a scalar tail. Otherwise the whole range is scalar.
+
+#ifndef FASTOPT_COMMON_CUH
+#define FASTOPT_COMMON_CUH
+
+#ifndef FO_BLOCK
+#define FO_BLOCK 256          // threads per block: the launches use exactly this many
+#endif
+#ifndef FO_MIN_BLOCKS
+#define FO_MIN_BLOCKS 1       // no register cap: asking for 3-4 blocks per SM made the table kernels spill
+#endif
+
+struct fo_half { unsigned short bits; };
+struct fo_bf16 { unsigned short bits; };
+
+// ---- bit casts and conversions -------------------------------------------------------------------------------------
+
+__device__ __forceinline__ unsigned int fo_f32_bits(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ float fo_bits_f32(unsigned int b) { return __uint_as_float(b); }
+
+__device__ __forceinline__ float fo_half_to_float(unsigned short h) {
+#ifdef FASTOPT_HOST
+    return fo_host_half_to_float(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ unsigned short fo_float_to_half(float f) {  // round to nearest even
+#ifdef FASTOPT_HOST
+    return fo_host_float_to_half(f);
+#else
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+__device__ __forceinline__ float fo_bf16_to_float(unsigned short b) { return fo_bits_f32(((unsigned int)b) << 16); }
+
+__device__ __forceinline__ unsigned short fo_float_to_bf16(float f) {  // round to nearest even; NaN stays NaN
+    unsigned int u = fo_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+template <typename P, typename C> struct fo_io;
+template <> struct fo_io<float, float> {
+    static __device__ __forceinline__ float load(float x) { return x; }
+    static __device__ __forceinline__ float store(float x) { return x; }
+};
+template <> struct fo_io<double, double> {
+    static __device__ __forceinline__ double load(double x) { return x; }
+    static __device__ __forceinline__ double store(double x) { return x; }
+};
+template <> struct fo_io<fo_half, float> {
+    static __device__ __forceinline__ float load(fo_half x) { return fo_half_to_float(x.bits); }
+    static __device__ __forceinline__ fo_half store(float x) { fo_half h; h.bits = fo_float_to_half(x); return h; }
+};
+template <> struct fo_io<fo_bf16, float> {
+    static __device__ __forceinline__ float load(fo_bf16 x) { return fo_bf16_to_float(x.bits); }
+    static __device__ __forceinline__ fo_bf16 store(float x) { fo_bf16 h; h.bits = fo_float_to_bf16(x); return h; }
+};
+
+// ---- math the element operations use ------------------------------------------------------------------------------
+
+__device__ __forceinline__ float fo_sqrt(float x) { return sqrtf(x); }     // correctly rounded (-prec-sqrt=true)
+__device__ __forceinline__ double fo_sqrt(double x) { return sqrt(x); }
+
+// torch.maximum / numpy.maximum: NaN in either operand wins.
+template <typename C>
+__device__ __forceinline__ C fo_nan_max(C a, C b) { return (a > b || a != a) ? a : b; }
+
+// ---- vectors -------------------------------------------------------------------------------------------------------
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) fo_vec { T v[N]; };
+
+template <typename C> struct fo_width { static constexpr int value = 16 / (int)sizeof(C); };
+
+template <int V, typename T>
+__device__ __forceinline__ long long fo_misalign(const T* p) {  // element offset of p modulo V
+    return (long long)(((unsigned long long)p / sizeof(T)) % (unsigned long long)V);
+}
+
+// ---- one range of one tensor ---------------------------------------------------------------------------------------
+
+template <typename P, typename C, typename Op>
+__device__ __forceinline__ void fo_element(const Op& op, P* __restrict__ p, const P* __restrict__ g,
+                                           C* const (&s)[Op::NSLOTS], long long i) {
+    C pc = fo_io<P, C>::load(p[i]);
+    const C gc = fo_io<P, C>::load(g[i]);
+    C sc[Op::NSLOTS];
+#pragma unroll
+    for (int k = 0; k < Op::NSLOTS; ++k) sc[k] = (Op::ACTIVE & (1u << k)) ? s[k][i] : C(0);
+    op(pc, gc, sc);
+    p[i] = fo_io<P, C>::store(pc);
+#pragma unroll
+    for (int k = 0; k < Op::NSLOTS; ++k) if (Op::ACTIVE & (1u << k)) s[k][i] = sc[k];
+}
+
+template <typename P, typename C, typename Op>
+__device__ __forceinline__ void fo_range(const Op& op, P* __restrict__ p, const P* __restrict__ g,
+                                         C* const (&s)[Op::NSLOTS], long long n, long long first, long long stride) {
+    constexpr int V = fo_width<C>::value;
+    // Vector path when every active pointer has the same element offset modulo V (all distinct allocations and all
+    // views at the same offset of identically laid out buffers qualify).
+    const long long mis = fo_misalign<V>(p);
+    bool same = fo_misalign<V>(g) == mis;
+#pragma unroll
+    for (int k = 0; k < Op::NSLOTS; ++k)
+        if (Op::ACTIVE & (1u << k)) same = same && fo_misalign<V>(s[k]) == mis;
+    long long head = n;   // elements before the vector body (all of them when no vector path)
+    if (same) {
+        head = (V - mis) % V;
+        if (head > n) head = n;
+    }
+    for (long long i = first; i < head; i += stride) fo_element<P, C>(op, p, g, s, i);
+    if (head >= n) return;
+
+    // From here on the same base pointers, moved to the aligned start, serve the vector body and the scalar tail.
+    p += head;
+    g += head;
+    C* t[Op::NSLOTS];
+#pragma unroll
+    for (int k = 0; k < Op::NSLOTS; ++k) t[k] = (Op::ACTIVE & (1u << k)) ? s[k] + head : 0;
+    n -= head;
+    const long long nvec = n / V;
+    typedef fo_vec<P, V> PV;
+    typedef fo_vec<C, V> CV;
+
+    for (long long i = first; i < nvec; i += stride) {
+        PV pw = reinterpret_cast<PV*>(p)[i];
+        const PV gw = reinterpret_cast<const PV*>(g)[i];
+        CV sw[Op::NSLOTS];
+#pragma unroll
+        for (int k = 0; k < Op::NSLOTS; ++k) if (Op::ACTIVE & (1u << k)) sw[k] = reinterpret_cast<CV*>(t[k])[i];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            C pc = fo_io<P, C>::load(pw.v[j]);
+            const C gc = fo_io<P, C>::load(gw.v[j]);
+            C sc[Op::NSLOTS];
+#pragma unroll
+            for (int k = 0; k < Op::NSLOTS; ++k) sc[k] = (Op::ACTIVE & (1u << k)) ? sw[k].v[j] : C(0);
+            op(pc, gc, sc);
+            pw.v[j] = fo_io<P, C>::store(pc);
+#pragma unroll
+            for (int k = 0; k < Op::NSLOTS; ++k) if (Op::ACTIVE & (1u << k)) sw[k].v[j] = sc[k];
+        }
+        reinterpret_cast<PV*>(p)[i] = pw;
+#pragma unroll
+        for (int k = 0; k < Op::NSLOTS; ++k) if (Op::ACTIVE & (1u << k)) reinterpret_cast<CV*>(t[k])[i] = sw[k];
+    }
+
+    for (long long i = nvec * V + first; i < n; i += stride) fo_element<P, C>(op, p, g, t, i);
+}
+
+// ---- the two traversals --------------------------------------------------------------------------------------------
+
+template <typename P, typename C, typename Op>
+__device__ __forceinline__ void fo_flat(const Op& op, P* p, const P* g, C* const (&s)[Op::NSLOTS], long long n) {
+    const long long first = (long long)blockIdx.x * (long long)blockDim.x + (long long)threadIdx.x;
+    const long long stride = (long long)gridDim.x * (long long)blockDim.x;
+    fo_range<P, C>(op, p, g, s, n, first, stride);
+}
+
+// The table kernels' leading parameters, in this order, for every family.
+#define FO_TABLE_PARAMS                                                                                    \
+    const long long* __restrict__ chunks, long long nchunks, long long chunk_elems,                       \
+    const unsigned long long* __restrict__ ptrs, const unsigned long long* __restrict__ grad_ptrs,        \
+    const long long* __restrict__ sizes, long long ntensors
+#define FO_TABLE_ARGS chunks, nchunks, chunk_elems, ptrs, grad_ptrs, sizes, ntensors
+
+template <typename P, typename C, typename Op>
+__device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS) {
+    for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const unsigned long long code = (unsigned long long)chunks[c];
+        const long long t = (long long)(code >> 32);
+        const long long start = (long long)(code & 0xffffffffull) * chunk_elems;
+        long long n = sizes[t] - start;
+        if (n > chunk_elems) n = chunk_elems;
+        P* p = reinterpret_cast<P*>(ptrs[t]) + start;
+        const P* g = reinterpret_cast<const P*>(grad_ptrs[t]) + start;
+        C* s[Op::NSLOTS];
+#pragma unroll
+        for (int k = 0; k < Op::NSLOTS; ++k)
+            s[k] = (Op::ACTIVE & (1u << k)) ? reinterpret_cast<C*>(ptrs[(k + 1) * ntensors + t]) + start : 0;
+        fo_range<P, C>(op, p, g, s, n, (long long)threadIdx.x, (long long)blockDim.x);
+    }
+}
+
+// maximize flips the gradient, then L2 weight decay adds weight_decay * param when weight_decay != 0 (torch's order;
+// a uniform run-time branch, exactly as fastopt.reference._direction).
+template <typename C>
+__device__ __forceinline__ C fo_direction(C p, C g, C grad_sign, C weight_decay) {
+    C d = g * grad_sign;
+    if (weight_decay != C(0)) d = d + weight_decay * p;
+    return d;
+}
+
+#endif  // FASTOPT_COMMON_CUH

@@ -1,0 +1,49 @@
+// fastopt: RMSprop (torch.optim.RMSprop), the kernel family "rmsprop"; the arithmetic of fastopt.reference.rmsprop,
+// operation for operation. Slots: square_avg, momentum_buffer, grad_avg. Scalars: lr, grad_sign, weight_decay, alpha,
+// one_minus_alpha, eps, momentum. Flags: CENTERED (grad_avg active), USE_MOMENTUM (momentum_buffer active).
+#include "common.cuh"
+
+template <typename C, bool CENTERED, bool USE_MOMENTUM>
+struct fo_rmsprop_op {
+    static constexpr int NSLOTS = 3;
+    static constexpr unsigned ACTIVE = 1u | (USE_MOMENTUM ? 2u : 0u) | (CENTERED ? 4u : 0u);
+    C lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum;
+
+    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
+        const C d = fo_direction(p, g, grad_sign, weight_decay);
+        s[0] = alpha * s[0] + one_minus_alpha * (d * d);
+        C avg;
+        if (CENTERED) {
+            s[2] = s[2] + one_minus_alpha * (d - s[2]);
+            avg = fo_sqrt(s[0] - s[2] * s[2]) + eps;
+        } else {
+            avg = fo_sqrt(s[0]) + eps;
+        }
+        if (USE_MOMENTUM) {
+            s[1] = momentum * s[1] + d / avg;
+            p = p - lr * s[1];
+        } else {
+            p = p - lr * (d / avg);
+        }
+    }
+};
+
+#define FO_RMSPROP_SCALARS C lr, C grad_sign, C weight_decay, C alpha, C one_minus_alpha, C eps, C momentum
+
+template <typename P, typename C, bool CENTERED, bool USE_MOMENTUM>
+__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
+fo_rmsprop_flat(P* param, const P* grad, C* square_avg, C* momentum_buffer, C* grad_avg, long long n,
+                FO_RMSPROP_SCALARS) {
+    const fo_rmsprop_op<C, CENTERED, USE_MOMENTUM> op = {lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps,
+                                                         momentum};
+    C* const s[3] = {square_avg, momentum_buffer, grad_avg};
+    fo_flat<P, C>(op, param, grad, s, n);
+}
+
+template <typename P, typename C, bool CENTERED, bool USE_MOMENTUM>
+__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
+fo_rmsprop_table(FO_TABLE_PARAMS, FO_RMSPROP_SCALARS) {
+    const fo_rmsprop_op<C, CENTERED, USE_MOMENTUM> op = {lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps,
+                                                         momentum};
+    fo_table<P, C>(op, FO_TABLE_ARGS);
+}
