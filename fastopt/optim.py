@@ -45,29 +45,30 @@ class Optimizer:
         self.defaults = functional.with_defaults(self.spec, {**self.default_overrides, **hyperparameters})
         self._requested_backend = backend
         self.param_groups: list[dict] = []
-        self._labels: list[list[str]] = []   # per group: how each param is named in error messages
+        self._wheres: list[str] = []         # per group: how its params are named in error messages
+        self._labels: list[list[str]] = []   # per group: the name of each param in error messages
         self._arrays: list[list] = []        # per group: the backend's view of each param
         self._state: list[dict] = []         # per group: slot -> list of arrays (absent until the first step)
         self._steps: list[list[int]] = []    # per group: steps taken by each param
         self._updates: list = []             # per group: (flags, steps, [(indices, FusedUpdate)]) or None
         self.backend = None
         if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
-            groups = params
+            for group in params:
+                self.add_param_group(group)
         elif isinstance(params, (list, tuple)) and any(isinstance(g, dict) for g in params):
             raise TypeError("params: expected either arrays or param-group dicts, not a mix")
         else:
-            groups = [{"params": params}]
-        for group in groups:
-            self.add_param_group(group)
+            self._add_group({"params": params}, "params")
 
     # ---- param groups ---------------------------------------------------------------------------------------------
 
     def add_param_group(self, group: dict) -> None:
         """Add a group: a dict with "params" (list or dict of arrays) and any hyperparameters to override."""
+        self._add_group(group, f"param_groups[{len(self.param_groups)}]['params']")
+
+    def _add_group(self, group: dict, where: str) -> None:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("param group: expected a dict with a 'params' entry")
-        index = len(self.param_groups)
-        where = f"param_groups[{index}]['params']"
         arrays, names, labels = _split_params(group["params"], where)
         if not arrays:
             raise ValueError(f"{where}: a param group needs at least one array")
@@ -84,6 +85,7 @@ class Optimizer:
         if names is not None:
             new["param_names"] = names
         self.param_groups.append(new)
+        self._wheres.append(where)
         self._labels.append(labels)
         self._arrays.append([backend.as_array(a) for a in arrays])
         self._state.append({})
@@ -122,9 +124,10 @@ class Optimizer:
         per_group = self._grads_per_group(grads)
         for index, (group, group_grads) in enumerate(zip(self.param_groups, per_group)):
             self.spec.validate(self._hyper(group))  # param_groups are live: check edits
-            labels = self._labels[index]
+            labels, where = self._labels[index], self._wheres[index]
+            grads_where = "grads" if len(per_group) == 1 else f"grads[{index}]"
             functional.check_grads(group_grads, group["params"], labels,
-                                   [lab.replace(f"param_groups[{index}]['params']", "grads", 1) for lab in labels])
+                                   [grads_where + label[len(where):] for label in labels])
         for index, group_grads in enumerate(per_group):
             self._step_group(index, [self.backend.as_array(g) for g in group_grads])
 
