@@ -41,8 +41,10 @@ def _memory_range(array):
 
 
 def _is_contiguous(array) -> bool:
-    flags = getattr(array, "flags", None)
-    return bool(flags.c_contiguous) if flags is not None else bool(array.is_contiguous())
+    try:
+        return array.flags.c_contiguous  # NumPy, CuPy
+    except AttributeError:
+        return array.is_contiguous()     # torch
 
 
 def check_params(params, backend, names) -> None:
@@ -71,20 +73,32 @@ def check_params(params, backend, names) -> None:
 
 
 def check_grads(grads, params, names, grad_names) -> None:
-    """One array per param, of the param's array type, shape and dtype, and C-contiguous."""
+    """One array per param, of the param's array type, shape and dtype, and C-contiguous.
+
+    `names` and `grad_names` are sequences or callables index -> name: names are only built when something is wrong,
+    because this runs every step over every tensor.
+    """
     if len(grads) != len(params):
         raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
-    for p, g, pname, gname in zip(params, grads, names, grad_names):
-        if g is None:
-            raise TypeError(f"{gname}: gradient is None; every param needs a gradient")
-        if type(g) is not type(p):
-            raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}")
-        if g.shape != p.shape:
-            raise ValueError(f"{gname}: expected shape {tuple(p.shape)} like {pname}, got {tuple(g.shape)}")
-        if g.dtype != p.dtype:
-            raise TypeError(f"{gname}: expected dtype {p.dtype} like {pname}, got {g.dtype}")
-        if not _is_contiguous(g):
-            raise ValueError(f"{gname}: expected a C-contiguous array")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if type(g) is not type(p) or g.shape != p.shape or g.dtype != p.dtype or not _is_contiguous(g):
+            _explain_bad_grad(p, g, _name(names, i), _name(grad_names, i))
+
+
+def _name(names, i):
+    return names(i) if callable(names) else names[i]
+
+
+def _explain_bad_grad(p, g, pname, gname):
+    if g is None:
+        raise TypeError(f"{gname}: gradient is None; every param needs a gradient")
+    if type(g) is not type(p):
+        raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}")
+    if g.shape != p.shape:
+        raise ValueError(f"{gname}: expected shape {tuple(p.shape)} like {pname}, got {tuple(g.shape)}")
+    if g.dtype != p.dtype:
+        raise TypeError(f"{gname}: expected dtype {p.dtype} like {pname}, got {g.dtype}")
+    raise ValueError(f"{gname}: expected a C-contiguous array")
 
 
 # ---- state ----------------------------------------------------------------------------------------------------------
@@ -144,7 +158,7 @@ def update(optimizer, params, grads, state, *, step: int, backend=None, **hyper)
     backend = dispatch.choose_backend(params, backend)
     names = [f"params[{i}]" for i in range(len(params))]
     check_params(params, backend, names)
-    check_grads(grads, params, names, [f"grads[{i}]" for i in range(len(grads))])
+    check_grads(grads, params, names, "grads[{}]".format)
     arrays = [backend.as_array(p) for p in params]
     check_state(spec, hyper, arrays, state, backend, names)
     FusedUpdate(spec, arrays, state, hyper, backend).run([backend.as_array(g) for g in grads], hyper, step)

@@ -127,7 +127,7 @@ class Optimizer:
             labels, where = self._labels[index], self._wheres[index]
             grads_where = "grads" if len(per_group) == 1 else f"grads[{index}]"
             functional.check_grads(group_grads, group["params"], labels,
-                                   [grads_where + label[len(where):] for label in labels])
+                                   lambda i, labels=labels, where=where: grads_where + labels[i][len(where):])
         for index, group_grads in enumerate(per_group):
             self._step_group(index, [self.backend.as_array(g) for g in group_grads])
 

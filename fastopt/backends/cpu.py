@@ -7,13 +7,18 @@ import operator
 
 from fastopt.backends.numpy import NumpyArrays
 
+from fastopt.specs import SPECS
+
 _import_error: str | None = None
 try:  # Numba can fail at import (no writable cache directory, llvmlite mismatch): fall back, say why.
     from numba.typed import List
 
     from fastopt.kernels.cpu._common import chunk_table
+
+    for _family in {spec.kernel for spec in SPECS.values()}:
+        importlib.import_module(f"fastopt.kernels.cpu.{_family}")  # compiles nothing yet; checks cache locators
 except Exception as error:  # noqa: BLE001 - any import failure means "not available", with its message
-    _import_error = f"numba could not be imported: {type(error).__name__}: {error}"
+    _import_error = f"numba kernels could not be loaded: {type(error).__name__}: {error}"
 
 
 def _typed_list(arrays):
