@@ -7,18 +7,21 @@ rounding per operation: a few ulp per step, compounded over the 10-20 steps a te
 by sqrt(v) + eps, which halves a relative error in v rather than amplifying it, so `rtol` is a small multiple of the
 dtype's epsilon.
 
-`atol` is relative to the array's scale, max(1, max|x|): a state such as a momentum buffer that sums terms of
+`atol` is relative to the array's scale, max(1, max|x|) (the arrays in the tests are of order 1): a state such as a momentum buffer that sums terms of
 size ~10 and cancels to ~0.01 carries the rounding error of the terms, not of the result (seen: RMSprop's momentum
 buffer in float32, error 2.6e-6 on a value of 1e-4 in an array whose largest element is 13.5).
 """
 
 import numpy as np
 
+# Measured here (cpu backend vs reference, 30 random configurations per optimizer and dtype, 20 steps, tensors of
+# 4097 and 33 elements): the worst |fused - reference| / (|reference| + scale) was 2.4 eps (AdamW, float32) and
+# 2.3 eps (float64). 16 eps leaves room for the CUDA build (FMA contraction, -ftz) without hiding a wrong formula:
+# a missing term or a swapped order of operations shows up as thousands of eps.
+ULPS = 16
 TOLERANCES = {
-    # float64: eps 2.2e-16.
-    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
-    # float32: eps 1.2e-7.
-    np.dtype(np.float32): dict(rtol=2e-5, atol=1e-6),
+    np.dtype(np.float64): dict(rtol=ULPS * np.finfo(np.float64).eps, atol=ULPS * np.finfo(np.float64).eps),
+    np.dtype(np.float32): dict(rtol=ULPS * np.finfo(np.float32).eps, atol=ULPS * np.finfo(np.float32).eps),
 }
 
 
