@@ -355,7 +355,8 @@ def _host_entries(family: str) -> str:
             for flags in fam.flag_combinations():
                 mask = sum(1 << i for i, f in enumerate(flags) if f)
                 name = kernel_name(family, kind, dtype, flags)
-                lines.append(f"    case {mask}u: fo_host_launch(grid, block, [&] {{ {name}({args}); }}); return 0;")
+                lines.append(f"    case {mask}u: fo_host_launch(grid, block, [&] {{ {name}({args}); }}); "
+                             "return fo_host_misaligned ? -2 : 0;")
             lines += ["    default: return -1;", "    }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -419,6 +420,13 @@ def _dtype_key(array) -> str:
     return array.dtype.name
 
 
+def _check(rc: int) -> None:
+    if rc == -2:
+        raise RuntimeError("host kernel made a vector access at a misaligned address (a fault on the device)")
+    if rc != 0:
+        raise RuntimeError(f"host kernel returned {rc} (unknown flags)")
+
+
 class HostKernels:
     """Call a family's host build with NumPy arrays, following the kernel calling convention."""
 
@@ -444,8 +452,7 @@ class HostKernels:
         arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
         fn = getattr(self.lib, f"fo_host_{self.family}_flat_{tag}")
         rc = fn(self._mask(flags), param.size, arr, self._scalars(scalars), grid, block)
-        if rc != 0:
-            raise RuntimeError(f"host kernel returned {rc}")
+        _check(rc)
 
     def table(self, params, grads, slots, scalars, flags, chunk_elems=1024, grid=5, block=32):
         """params, grads: lists; slots: per slot a list of arrays or None."""
@@ -458,5 +465,4 @@ class HostKernels:
         fn = getattr(self.lib, f"fo_host_{self.family}_table_{tag}")
         rc = fn(self._mask(flags), chunks.ctypes.data, len(chunks), chunk_elems, ptrs.ctypes.data, gptrs.ctypes.data,
                 sizes.ctypes.data, len(params), self._scalars(scalars), grid, block)
-        if rc != 0:
-            raise RuntimeError(f"host kernel returned {rc}")
+        _check(rc)

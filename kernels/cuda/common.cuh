@@ -25,6 +25,9 @@
 #ifndef FO_BLOCK
 #define FO_BLOCK 256          // threads per block: the launches use exactly this many
 #endif
+#ifndef FO_ASSERT_ALIGNED
+#define FO_ASSERT_ALIGNED(ptr, bytes) ((void)0)   // the host shim checks the vector body's alignment
+#endif
 #ifndef FO_MIN_BLOCKS
 #define FO_MIN_BLOCKS 1       // no register cap: asking for 3-4 blocks per SM made the table kernels spill
 #endif
@@ -150,6 +153,12 @@ __device__ __forceinline__ void fo_range(const Op& op, P* __restrict__ p, const 
     const long long nvec = n / V;
     typedef fo_vec<P, V> PV;
     typedef fo_vec<C, V> CV;
+    if (nvec > 0) {
+        FO_ASSERT_ALIGNED(p, sizeof(PV));
+        FO_ASSERT_ALIGNED(g, sizeof(PV));
+#pragma unroll
+        for (int k = 0; k < Op::NSLOTS; ++k) if (Op::ACTIVE & (1u << k)) FO_ASSERT_ALIGNED(t[k], sizeof(CV));
+    }
 
     for (long long i = first; i < nvec; i += stride) {
         PV pw = reinterpret_cast<PV*>(p)[i];

@@ -13,6 +13,7 @@
 #define FASTOPT_HOST 1
 
 #include <cmath>
+#include <math.h>
 #include <cstring>
 
 #define __global__
@@ -22,7 +23,12 @@
 #define __launch_bounds__(...)
 
 using std::sqrt;
-using std::sqrtf;
+
+// A vector access at an address not aligned to its size would fault on the device (and may on the host): here the
+// range is abandoned before the access, and the entry points return -2.
+static int fo_host_misaligned = 0;
+#define FO_ASSERT_ALIGNED(ptr, bytes) \
+    do { if (((unsigned long long)(ptr)) % (unsigned long long)(bytes)) { fo_host_misaligned = 1; return; } } while (0)
 
 struct fo_host_dim3 { unsigned int x, y, z; };
 static fo_host_dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -46,6 +52,7 @@ static inline void fo_host_launch(unsigned int grid, unsigned int block, Body bo
     gridDim.x = grid; gridDim.y = gridDim.z = 1;
     blockDim.x = block; blockDim.y = blockDim.z = 1;
     threadIdx.y = threadIdx.z = blockIdx.y = blockIdx.z = 0;
+    fo_host_misaligned = 0;
     for (unsigned int b = 0; b < grid; ++b) {
         blockIdx.x = b;
         for (unsigned int t = 0; t < block; ++t) {

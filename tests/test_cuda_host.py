@@ -1,0 +1,345 @@
+"""The CUDA kernels' arithmetic on a CPU: each family's .cu compiled for the host with g++ through
+kernels/cuda/host_shim.h (fastopt.cuda_build.build_host_library), run for 10 steps through both entry points (flat and
+table) and compared with fastopt.reference.
+
+What this checks without a GPU: the element operations (operation for operation against the reference), the
+traversals (64-bit grid-stride loops, the vector body with its scalar head and tail, chunks of the table), the
+bfloat16/float16 conversions, and that inactive slots and the memory around every tensor are never touched. What it
+cannot check: anything the host emulation does not model (see host_shim.h), -ftz (the host keeps denormals), and
+CuPy's compile and launch (tests/test_cuda_device.py does that on a GPU).
+
+Layouts: every array sits in a NaN-poisoned buffer aligned to 64 bytes, at an element offset chosen per case:
+"aligned" (all arrays at offset 0: vector body only), "shifted" (all at the same odd offset: scalar head, vector body,
+scalar tail), "mixed" (different offsets per array: the all-scalar path). The gradients are bounded away from zero so
+that every element of every parameter must change: an element the kernel skipped cannot pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import fastopt  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastopt import cuda_build, reference  # noqa: E402
+from fastopt.specs import SPECS, boolean  # noqa: E402
+
+try:
+    from tolerances import TOLERANCES  # noqa: E402
+except ImportError:  # pragma: no cover - tests/tolerances.py is the one place tolerances live
+    TOLERANCES = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
+                  np.dtype(np.float32): dict(rtol=2e-6, atol=1e-7)}
+
+if cuda_build.find_cxx() is None:
+    pytest.skip("no C++ compiler (g++) to build the CUDA kernels for the host", allow_module_level=True)
+
+STEPS = 10
+SIZES = (0, 1, 3, 4097, 100003)
+LAYOUTS = ("aligned", "shifted", "mixed")
+
+
+# ---- configurations: every flag combination of every spec, with and without weight decay ---------------------------
+
+_EXTRA = {"sgd": {"dampening": 0.1}, "adagrad": {"lr_decay": 0.01, "initial_accumulator_value": 0.1}}
+
+
+def _configs():
+    out = []
+    for spec in SPECS.values():
+        axes = []
+        for h in spec.hypers:
+            if h.check is boolean:
+                axes.append((h.name, (False, True)))
+            elif h.name == "momentum":
+                axes.append((h.name, (0.0, 0.9)))
+            elif h.name == "weight_decay":
+                axes.append((h.name, (0.0, 0.05)))
+        for values in itertools.product(*(v for _, v in axes)):
+            chosen = dict(zip((n for n, _ in axes), values))
+            for extra in (_EXTRA.get(spec.name, {}), {}):
+                hyper = {**spec.defaults, **extra, **chosen}
+                try:
+                    spec.validate(hyper)
+                except ValueError:
+                    continue
+                break
+            else:
+                continue
+            label = "-".join(f"{k}={v}" for k, v in chosen.items()) or "defaults"
+            out.append(pytest.param(spec.name, hyper, id=f"{spec.name}-{label}"))
+    return out
+
+
+CONFIGS = _configs()
+
+
+# ---- storage: poisoned, aligned buffers ---------------------------------------------------------------------------
+
+POISON16 = np.uint16(0x7E5A)   # a quiet NaN in binary16 and in bfloat16 bits
+
+
+def _poison(dtype):
+    return POISON16 if dtype == np.uint16 else dtype.type(np.nan)
+
+
+class Arena:
+    """Arrays placed at chosen element offsets inside NaN-poisoned, 64-byte aligned buffers."""
+
+    GUARD = 24
+
+    def __init__(self):
+        self.buffers = []
+
+    def place(self, values: np.ndarray, offset: int) -> np.ndarray:
+        dtype = values.dtype
+        total = offset + values.size + self.GUARD
+        raw = np.empty(total * dtype.itemsize + 64, dtype=np.uint8)
+        start = (-raw.ctypes.data) % 64
+        buf = raw[start:start + total * dtype.itemsize].view(dtype)
+        buf[...] = _poison(dtype)
+        view = buf[offset:offset + values.size]
+        view[...] = values
+        self.buffers.append((buf, offset, values.size))
+        return view
+
+    def check_guards(self):
+        for buf, offset, n in self.buffers:
+            bits = buf.view(np.uint16 if buf.dtype.itemsize == 2 else
+                            np.uint32 if buf.dtype.itemsize == 4 else np.uint64)
+            poison = np.array([_poison(buf.dtype)], dtype=buf.dtype).view(bits.dtype)[0]
+            outside = np.concatenate([bits[:offset], bits[offset + n:]])
+            assert np.all(outside == poison), "a kernel wrote outside its tensor"
+
+
+def _offsets(layout, dtype, nroles):
+    """Element offset of each role (param, grad, slots...) for a layout."""
+    v = cuda_build.vector_width(dtype)
+    if layout == "aligned":
+        return [0] * nroles
+    if layout == "shifted":
+        return [v - 1] * nroles if v > 1 else [1] * nroles
+    return [(r % v) for r in range(nroles)] if v > 1 else [r % 2 for r in range(nroles)]
+
+
+# ---- the problem: params, grads per step, slots ---------------------------------------------------------------------
+
+def _grads(rng, n, dtype, steps):
+    """Bounded away from zero (|g| in [0.5, 1.5)), each element's sign fixed over the steps, so every parameter element
+    moves the same way every step and must end up changed."""
+    mags = rng.uniform(0.5, 1.5, size=(steps, n))
+    signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    return (mags * signs).astype(dtype)
+
+
+class Problem:
+    def __init__(self, name, hyper, sizes, dtype, seed=0):
+        self.spec = SPECS[name]
+        self.hyper = hyper
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        self.grads = [_grads(rng, n, dtype, STEPS) for n in sizes]
+        self.slots = []     # per slot: list per tensor (initial values), or None when inactive
+        for slot in self.spec.slots:
+            if slot.active(hyper):
+                self.slots.append([np.full(n, slot.init(hyper), dtype=dtype) for n in sizes])
+            else:
+                self.slots.append(None)
+        self.flags = self.spec.flags(hyper)
+
+    def reference(self):
+        """The reference trajectory: final params and active slots per tensor."""
+        fn = getattr(reference, self.spec.kernel)
+        params = [p.copy() for p in self.params]
+        slots = [None if s is None else [a.copy() for a in s] for s in self.slots]
+        for t in range(len(params)):
+            for step in range(1, STEPS + 1):
+                ss = [np.full(params[t].size, np.nan, self.dtype) if s is None else s[t] for s in slots]
+                fn(params[t], self.grads[t][step - 1], *ss, *self.spec.scalars(self.hyper, step), *self.flags)
+        return params, slots
+
+
+def _compare(got, want, dtype, what):
+    tol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(got, want, err_msg=what, **tol)
+
+
+# ---- float32 / float64: flat and table entry points ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name,hyper", CONFIGS)
+def test_flat_matches_reference(name, hyper, dtype):
+    prob = Problem(name, hyper, SIZES, dtype)
+    want_p, want_s = prob.reference()
+    kernels = cuda_build.HostKernels(prob.spec.kernel)
+    nslots = len(prob.spec.slots)
+    for t, n in enumerate(SIZES):
+        for layout in LAYOUTS:
+            arena = Arena()
+            offs = _offsets(layout, dtype.__name__, 2 + nslots)
+            p = arena.place(prob.params[t], offs[0])
+            grad_buf = arena.place(np.zeros(n, dtype), offs[1])
+            slots = [arena.place(s[t] if s is not None else np.full(n, np.nan, dtype), offs[2 + k])
+                     for k, s in enumerate(prob.slots)]
+            before = p.copy()
+            for step in range(1, STEPS + 1):
+                grad_buf[...] = prob.grads[t][step - 1]
+                kernels.flat(p, grad_buf, slots, prob.spec.scalars(hyper, step), prob.flags)
+            where = f"{name} {dtype.__name__} n={n} {layout}"
+            arena.check_guards()
+            assert np.all(p != before), f"{where}: some parameter elements were never written"
+            _compare(p, want_p[t], dtype, f"{where}: param")
+            for k, s in enumerate(prob.slots):
+                if s is None:
+                    assert np.all(np.isnan(slots[k])), f"{where}: inactive slot {prob.spec.slots[k].name} touched"
+                else:
+                    _compare(slots[k], want_s[k][t], dtype, f"{where}: {prob.spec.slots[k].name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name,hyper", CONFIGS)
+def test_table_matches_reference(name, hyper, dtype):
+    # Every size twice, each copy in a different layout, all in one table; chunks of 1000 elements (not a multiple of
+    # the vector width, so chunks start misaligned too) walked by 5 blocks of 32 threads (grid-stride over chunks).
+    sizes = SIZES + SIZES[::-1]
+    prob = Problem(name, hyper, sizes, dtype, seed=1)
+    want_p, want_s = prob.reference()
+    kernels = cuda_build.HostKernels(prob.spec.kernel)
+    nslots = len(prob.spec.slots)
+    arena = Arena()
+    params, grads, slots = [], [], [[] if s is not None else None for s in prob.slots]
+    for t, n in enumerate(sizes):
+        offs = _offsets(LAYOUTS[t % len(LAYOUTS)], dtype.__name__, 2 + nslots)
+        params.append(arena.place(prob.params[t], offs[0]))
+        grads.append(arena.place(np.zeros(n, dtype), offs[1]))
+        for k, s in enumerate(prob.slots):
+            if s is not None:
+                slots[k].append(arena.place(s[t], offs[2 + k]))
+    before = [p.copy() for p in params]
+    for step in range(1, STEPS + 1):
+        for t in range(len(sizes)):
+            grads[t][...] = prob.grads[t][step - 1]
+        kernels.table(params, grads, slots, prob.spec.scalars(hyper, step), prob.flags, chunk_elems=1000, grid=5,
+                      block=32)
+    arena.check_guards()
+    for t, n in enumerate(sizes):
+        where = f"{name} {dtype.__name__} tensor {t} n={n}"
+        assert np.all(params[t] != before[t]), f"{where}: some parameter elements were never written"
+        _compare(params[t], want_p[t], dtype, f"{where}: param")
+        for k, s in enumerate(prob.slots):
+            if s is not None:
+                _compare(slots[k][t], want_s[k][t], dtype, f"{where}: {prob.spec.slots[k].name}")
+
+
+@pytest.mark.parametrize("name,hyper", [CONFIGS[i] for i in range(0, len(CONFIGS), 3)])
+def test_host_build_is_bit_exact(name, hyper):
+    """Same operations in the same order, no contraction (-ffp-contract=off): the host build reproduces the reference
+    bit for bit. (The device differs from it only by -ftz: tolerances.py.)"""
+    for dtype in (np.float32, np.float64):
+        prob = Problem(name, hyper, (4097,), dtype, seed=2)
+        want_p, want_s = prob.reference()
+        kernels = cuda_build.HostKernels(prob.spec.kernel)
+        p = prob.params[0].copy()
+        slots = [np.full(4097, np.nan, dtype) if s is None else s[0].copy() for s in prob.slots]
+        for step in range(1, STEPS + 1):
+            kernels.flat(p, prob.grads[0][step - 1], slots, prob.spec.scalars(hyper, step), prob.flags)
+        np.testing.assert_array_equal(p, want_p[0])
+        for k, s in enumerate(prob.slots):
+            if s is not None:
+                np.testing.assert_array_equal(slots[k], want_s[k][0])
+
+
+# ---- float16 and bfloat16 parameters: compute in float32, round the parameter once per step -------------------------
+
+def _bf16_round(x32: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest even (NaN kept NaN), as the kernels do."""
+    u = x32.astype(np.float32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r
+
+
+def _bf16_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+HALF = {
+    "float16": (lambda x: x.astype(np.float16), lambda h: h.astype(np.float32)),
+    "bfloat16": (_bf16_round, _bf16_to_f32),
+}
+
+
+@pytest.mark.parametrize("half", list(HALF))
+@pytest.mark.parametrize("name,hyper", CONFIGS)
+def test_half_params_match_float32_reference_rounded_each_step(name, hyper, half):
+    to_half, to_f32 = HALF[half]
+    sizes = (1, 3, 4097, 5003)
+    prob = Problem(name, hyper, sizes, np.float32, seed=3)
+    spec = prob.spec
+    fn = getattr(reference, spec.kernel)
+    kernels = cuda_build.HostKernels(spec.kernel)
+    nslots = len(spec.slots)
+    arena = Arena()
+    for mode in ("flat", "table"):
+        params, grads, slots = [], [], [[] if s is not None else None for s in prob.slots]
+        want_p = []
+        want_s = [None if s is None else [] for s in prob.slots]
+        for t, n in enumerate(sizes):
+            offs = _offsets(LAYOUTS[t % len(LAYOUTS)], half, 2 + nslots)
+            params.append(arena.place(to_half(prob.params[t]), offs[0]))
+            grads.append(arena.place(to_half(np.zeros(n, np.float32)), offs[1]))
+            want_p.append(to_f32(params[t]).copy())
+            for k, s in enumerate(prob.slots):
+                if s is not None:
+                    slots[k].append(arena.place(s[t].copy(), offs[2 + k]))
+                    want_s[k].append(s[t].copy())
+        for step in range(1, STEPS + 1):
+            scalars = spec.scalars(hyper, step)
+            for t in range(len(sizes)):
+                grads[t][...] = to_half(prob.grads[t][step - 1])
+                g32 = to_f32(grads[t]).copy()
+                ss = [np.full(sizes[t], np.nan, np.float32) if s is None else s[t] for s in want_s]
+                fn(want_p[t], g32, *ss, *scalars, *prob.flags)
+                want_p[t][...] = to_f32(to_half(want_p[t]))
+            if mode == "flat":
+                for t in range(len(sizes)):
+                    kernels.flat(params[t], grads[t], [None if s is None else s[t] for s in slots], scalars,
+                                 prob.flags)
+            else:
+                kernels.table(params, grads, slots, scalars, prob.flags, chunk_elems=1024, grid=3, block=32)
+        arena.check_guards()
+        for t in range(len(sizes)):
+            where = f"{name} {half} {mode} tensor {t}"
+            _compare(to_f32(params[t]), want_p[t], np.float32, f"{where}: param")
+            for k, s in enumerate(want_s):
+                if s is not None:
+                    _compare(slots[k][t], s[t], np.float32, f"{where}: {spec.slots[k].name}")
+
+
+# ---- the table itself ----------------------------------------------------------------------------------------------
+
+def test_chunk_table_covers_every_element_once():
+    sizes = [0, 1, 1000, 1001, 0, 2 ** 33 + 5]
+    chunk = 1000
+    codes = cuda_build.build_chunk_table(sizes, chunk)
+    t = codes >> 32
+    idx = codes & 0xFFFFFFFF
+    for i, n in enumerate(sizes):
+        mine = np.sort(idx[t == i])
+        assert np.array_equal(mine, np.arange(-(-n // chunk)))
+    assert len(codes) == sum(-(-n // chunk) for n in sizes)
+
+
+def test_chunk_elems_choice():
+    assert cuda_build.choose_chunk_elems(10 ** 9, 1056) == 65536
+    small = cuda_build.choose_chunk_elems(10 ** 6, 1056)
+    assert small % (cuda_build.BLOCK * 4) == 0 and 10 ** 6 // small >= 500
+    assert cuda_build.choose_chunk_elems(0, 1056) == cuda_build.BLOCK * 4
