@@ -157,9 +157,9 @@ def update(optimizer, params, grads, state, *, step: int, backend=None, **hyper)
         raise ValueError(f"step: expected an int >= 1 (the number of this step), got {step!r}")
     backend = dispatch.choose_backend(params, backend)
     names = [f"params[{i}]" for i in range(len(params))]
-    check_params(params, backend, names)
     check_grads(grads, params, names, "grads[{}]".format)
     arrays = [backend.as_array(p) for p in params]
+    check_params(arrays, backend, names)
     check_state(spec, hyper, arrays, state, backend, names)
     FusedUpdate(spec, arrays, state, hyper, backend).run([backend.as_array(g) for g in grads], hyper, step)
 

@@ -78,8 +78,9 @@ class Optimizer:
         if self.backend is not None and backend is not self.backend:
             raise TypeError(f"{where}: these arrays need the {backend.name} backend, the optimizer uses "
                             f"{self.backend.name}; use one optimizer per kind of array")
-        everything = [a for g in self.param_groups for a in g["params"]] + arrays
-        functional.check_params(everything, backend, [lab for ls in self._labels for lab in ls] + labels)
+        views = [backend.as_array(a) for a in arrays]  # e.g. CuPy views of torch CUDA tensors
+        functional.check_params([v for vs in self._arrays for v in vs] + views, backend,
+                                [label for ls in self._labels for label in ls] + labels)
         self.backend = backend
         new["params"] = arrays
         if names is not None:
@@ -87,7 +88,7 @@ class Optimizer:
         self.param_groups.append(new)
         self._wheres.append(where)
         self._labels.append(labels)
-        self._arrays.append([backend.as_array(a) for a in arrays])
+        self._arrays.append(views)
         self._state.append({})
         self._steps.append([0] * len(arrays))
         self._updates.append(None)
