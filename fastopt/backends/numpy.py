@@ -41,8 +41,9 @@ class _ReferencePlan:
         self.flags = flags
 
     def run(self, grads, scalars):
-        for i, (param, grad) in enumerate(zip(self.params, grads)):
-            self.kernel(param, grad, *(slot[i] for slot in self.slots), *scalars, *self.flags)
+        with np.errstate(all="ignore"):  # non-finite gradients propagate silently, as in the fused kernels
+            for i, (param, grad) in enumerate(zip(self.params, grads)):
+                self.kernel(param, grad, *(slot[i] for slot in self.slots), *scalars, *self.flags)
 
 
 class NumpyBackend(NumpyArrays):
