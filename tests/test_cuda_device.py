@@ -1,0 +1,225 @@
+"""The cuda backend on a GPU (skipped without CuPy and a device): every spec against the reference, torch tensors
+through DLPack / __cuda_array_interface__ updated in place, a tensor above 2^31 elements on the flat path, the table
+path against the flat path bit for bit, and one launch per group. benchmarks/gpu_check.sh runs this file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import fastopt  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastopt import reference  # noqa: E402
+from fastopt.backends.cuda import BACKEND  # noqa: E402
+from fastopt.specs import SPECS  # noqa: E402
+
+try:
+    from tolerances import TOLERANCES  # noqa: E402
+except ImportError:  # pragma: no cover
+    TOLERANCES = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
+                  np.dtype(np.float32): dict(rtol=2e-6, atol=1e-7)}
+
+_reason = BACKEND.unavailable_reason()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_reason is not None, reason=f"cuda backend: {_reason}")]
+
+if _reason is None:
+    import cupy as cp
+
+STEPS = 5
+
+
+def _hypers(spec):
+    """Defaults, and every flag switched on with weight decay and maximize (where the spec allows it)."""
+    out = [dict(spec.defaults)]
+    h = dict(spec.defaults)
+    for name in ("amsgrad", "centered", "nesterov", "maximize"):
+        if name in h:
+            h[name] = True
+    if "momentum" in h:
+        h["momentum"] = 0.9
+    if "weight_decay" in h:
+        h["weight_decay"] = 0.05
+    spec.validate(h)
+    out.append(h)
+    return out
+
+
+def _state(spec, hyper, params_np, dtype):
+    state_dtype = np.float64 if dtype == np.float64 else np.float32
+    return {s.name: ([np.full(p.size, s.init(hyper), state_dtype) for p in params_np] if s.active(hyper) else None)
+            for s in spec.slots}
+
+
+def _run_device(spec, hyper, params_np, grads_np, slots_np, flat_buffers=False):
+    """Run STEPS steps on the device; return the final params and slots as NumPy arrays."""
+    if flat_buffers:
+        def upload(arrays):
+            buf = cp.asarray(np.concatenate(arrays)) if arrays else cp.empty(0)
+            out, start = [], 0
+            for a in arrays:
+                out.append(buf[start:start + a.size])
+                start += a.size
+            return out
+    else:
+        def upload(arrays):
+            return [cp.asarray(a) for a in arrays]
+    params = upload(params_np)
+    slots = {k: None if v is None else upload(v) for k, v in slots_np.items()}
+    plan = BACKEND.prepare(spec, params, slots, spec.flags(hyper))
+    for step in range(1, STEPS + 1):
+        grads = upload([g[step - 1] for g in grads_np])
+        plan.run(grads, spec.scalars(hyper, step))
+    cp.cuda.get_current_stream().synchronize()
+    return [p.get() for p in params], {k: None if v is None else [a.get() for a in v] for k, v in slots.items()}, plan
+
+
+def _run_reference(spec, hyper, params_np, grads_np, slots_np):
+    fn = getattr(reference, spec.kernel)
+    params = [p.astype(np.float64 if p.dtype == np.float64 else np.float32) for p in params_np]
+    slots = {k: None if v is None else [a.copy() for a in v] for k, v in slots_np.items()}
+    for t, p in enumerate(params):
+        for step in range(1, STEPS + 1):
+            g = grads_np[t][step - 1].astype(p.dtype)
+            ss = [np.full(p.size, np.nan, p.dtype) if slots[s.name] is None else slots[s.name][t] for s in spec.slots]
+            fn(p, g, *ss, *spec.scalars(hyper, step), *spec.flags(hyper))
+            if params_np[t].dtype == np.float16:
+                p[...] = p.astype(np.float16).astype(np.float32)
+    return params, slots
+
+
+def _problem(dtype, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [rng.standard_normal((STEPS, n)).astype(dtype) for n in sizes]
+    return params, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["float32", "float64", "float16"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_spec_matches_reference(name, dtype):
+    spec = SPECS[name]
+    sizes = (0, 1, 3, 4097, 100003)
+    for hyper in _hypers(spec):
+        params_np, grads_np = _problem(dtype, sizes)
+        for flat in (False, True):
+            slots_np = _state(spec, hyper, params_np, dtype)
+            got_p, got_s, _ = _run_device(spec, hyper, params_np, grads_np, slots_np, flat_buffers=flat)
+            want_p, want_s = _run_reference(spec, hyper, params_np, grads_np, _state(spec, hyper, params_np, dtype))
+            tol = TOLERANCES[np.dtype(np.float64 if dtype == np.float64 else np.float32)]
+            for t in range(len(sizes)):
+                np.testing.assert_allclose(got_p[t].astype(want_p[t].dtype), want_p[t], **tol,
+                                           err_msg=f"{name} {hyper} flat={flat} tensor {t}")
+                for k, v in want_s.items():
+                    if v is not None:
+                        np.testing.assert_allclose(got_s[k][t], v[t], **tol, err_msg=f"{name} {k} tensor {t}")
+
+
+def test_table_path_and_flat_path_agree_bit_for_bit():
+    spec = SPECS["adamw"]
+    hyper = dict(spec.defaults, amsgrad=True)
+    sizes = (5, 0, 4096, 3, 70001, 1)
+    params_np, grads_np = _problem(np.float32, sizes, seed=4)
+    out = {}
+    for flat_buffers in (False, True):
+        p, s, plan = _run_device(spec, hyper, params_np, grads_np, _state(spec, hyper, params_np, np.float32),
+                                 flat_buffers=flat_buffers)
+        assert (plan._kernel is plan.flat_kernel) == flat_buffers
+        out[flat_buffers] = (p, s)
+    for t in range(len(sizes)):
+        np.testing.assert_array_equal(out[False][0][t], out[True][0][t])
+        for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            np.testing.assert_array_equal(out[False][1][k][t], out[True][1][k][t])
+
+
+def test_one_launch_per_group_and_no_table_upload_when_grads_stay():
+    spec = SPECS["adam"]
+    hyper = dict(spec.defaults)
+    sizes = (17, 4096, 3, 100000)
+    params = [cp.asarray(np.random.default_rng(0).standard_normal(n).astype(np.float32)) for n in sizes]
+    grads = [cp.ones(n, dtype=np.float32) for n in sizes]
+    slots = {s.name: ([cp.zeros(n, np.float32) for n in sizes] if s.active(hyper) else None) for s in spec.slots}
+    plan = BACKEND.prepare(spec, params, slots, spec.flags(hyper))
+    launches, selects = [], []
+    launch, select = plan._launch, plan._select
+    plan._launch = lambda *a: (launches.append(a), launch(*a))
+    plan._select = lambda *a: (selects.append(a), select(*a))
+    for step in range(1, 4):
+        plan.run(grads, spec.scalars(hyper, step))
+    assert len(launches) == 3 and len(selects) == 1
+    new_grads = [g.copy() for g in grads]
+    plan.run(new_grads, spec.scalars(hyper, 4))
+    assert len(launches) == 4 and len(selects) == 2
+    cp.cuda.get_current_stream().synchronize()
+
+
+def test_torch_cuda_tensors_are_updated_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    spec = SPECS["adam"]
+    hyper = dict(spec.defaults, weight_decay=0.01)
+    p_t = torch.randn(10007, device="cuda", dtype=torch.float32)
+    g_t = torch.randn(10007, device="cuda", dtype=torch.float32)
+    before = p_t.cpu().numpy().copy()
+    ptr = p_t.data_ptr()
+    assert BACKEND.owns(p_t)
+    p = BACKEND.as_array(p_t)
+    assert int(p.data.ptr) == ptr                       # zero-copy
+    dl = cp.from_dlpack(p_t)                            # the DLPack route views the same memory too
+    assert int(dl.data.ptr) == ptr
+    slots = {s.name: ([BACKEND.full_like(p, 0.0, np.float32)] if s.active(hyper) else None) for s in spec.slots}
+    plan = BACKEND.prepare(spec, [p], slots, spec.flags(hyper))
+    torch.cuda.synchronize()
+    plan.run([BACKEND.as_array(g_t)], spec.scalars(hyper, 1))
+    cp.cuda.get_current_stream().synchronize()
+    want = before.copy()
+    ss = [np.zeros_like(want), np.zeros_like(want), np.zeros_like(want)]
+    reference.adam(want, g_t.cpu().numpy(), *ss, *spec.scalars(hyper, 1), *spec.flags(hyper))
+    assert p_t.data_ptr() == ptr
+    np.testing.assert_allclose(p_t.cpu().numpy(), want, **TOLERANCES[np.dtype(np.float32)])
+
+
+def test_more_than_2_to_the_31_elements_on_the_flat_path():
+    n = 2 ** 31 + 17
+    free, _ = cp.cuda.Device().mem_info
+    if free < 2 * 4 * n + (1 << 30):
+        pytest.skip(f"needs {2 * 4 * n / 2**30:.1f} GiB free on the device, {free / 2**30:.1f} GiB are")
+    spec = SPECS["sgd"]
+    hyper = dict(spec.defaults, lr=0.25)
+    p = cp.full(n, 1.0, dtype=cp.float32)
+    g = cp.full(n, 2.0, dtype=cp.float32)
+    idx = np.array([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, n - 2, n - 1])
+    rng = np.random.default_rng(5)
+    pv = rng.standard_normal(len(idx)).astype(np.float32)
+    gv = rng.standard_normal(len(idx)).astype(np.float32)
+    p[cp.asarray(idx)] = cp.asarray(pv)
+    g[cp.asarray(idx)] = cp.asarray(gv)
+    plan = BACKEND.prepare(spec, [p], {"momentum_buffer": None}, spec.flags(hyper))
+    plan.run([g], spec.scalars(hyper, 1))
+    assert plan._kernel is plan.flat_kernel
+    cp.cuda.get_current_stream().synchronize()
+    want = pv.copy()
+    reference.sgd(want, gv, None, *spec.scalars(hyper, 1), *spec.flags(hyper))
+    np.testing.assert_array_equal(p[cp.asarray(idx)].get(), want)
+    assert int((p == cp.float32(0.5)).sum()) == n - len(idx)   # 1 - 0.25 * 2 everywhere else
+    del p, g
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def test_arrays_on_different_devices_are_refused():
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one device only")
+    spec = SPECS["sgd"]
+    with cp.cuda.Device(0):
+        a = cp.zeros(10, cp.float32)
+    with cp.cuda.Device(1):
+        b = cp.zeros(10, cp.float32)
+    with pytest.raises(ValueError, match="different CUDA devices"):
+        BACKEND.prepare(spec, [a, b], {"momentum_buffer": None}, spec.flags(spec.defaults))
