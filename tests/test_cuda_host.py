@@ -343,3 +343,155 @@ def test_chunk_elems_choice():
     small = cuda_build.choose_chunk_elems(10 ** 6, 1056)
     assert small % (cuda_build.BLOCK * 4) == 0 and 10 ** 6 // small >= 500
     assert cuda_build.choose_chunk_elems(0, 1056) == cuda_build.BLOCK * 4
+
+
+# ---- the cuda backend's plan, driven through a stand-in for CuPy whose kernels are the host build ------------------
+# Checks what fastopt/backends/cuda.py does on the host side without a GPU: flat-layout detection, the chunk and
+# pointer tables, the argument lists of both kernels (a wrong order or type gives wrong numbers here), one launch per
+# run, and the grad table rewritten only when the grads' addresses change.
+
+class _FakeArray:
+    def __init__(self, a):
+        self.a = a
+        self.data = type("Mem", (), {"ptr": a.ctypes.data})()
+        self.device = _FakeDevice(0)
+        self.size, self.dtype, self.shape = a.size, a.dtype, a.shape
+        self.sets = 0
+
+    def __getitem__(self, key):
+        return _FakeArray(self.a[key])
+
+    def set(self, arr, stream=None):
+        self.sets += 1
+        self.a[...] = arr
+
+
+class _FakeDevice:
+    def __init__(self, id=0):
+        self.id = id
+        self.attributes = {"MultiProcessorCount": 2}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _FakeKernel:
+    def __init__(self, name, launches):
+        family, rest = name[3:].split("<")
+        self.family, self.kind = family.rsplit("_", 1)
+        args = [a.strip() for a in rest.rstrip(">").split(",")]
+        self.ctype = args[1]
+        self.mask = sum(1 << i for i, f in enumerate(args[2:]) if f == "true")
+        self.launches = launches
+
+    def __call__(self, grid, block, args):
+        import ctypes
+        self.launches.append((self.kind, grid, block))
+        lib = cuda_build.build_host_library(self.family)
+        tag = {"float": "f32", "double": "f64"}[self.ctype]
+        nsc = len(cuda_build.FAMILIES[self.family].scalar_names)
+        want = np.float32 if self.ctype == "float" else np.float64
+        assert all(type(s) is want for s in args[-nsc:]), "scalars must be passed in the compute type"
+        scalars = (ctypes.c_double * nsc)(*[float(s) for s in args[-nsc:]])
+        if self.kind == "flat":
+            ptrs = [int(a) for a in args[:-nsc - 1]]
+            assert all(type(a) is np.uint64 for a in args[:-nsc - 1]) and type(args[-nsc - 1]) is np.int64
+            rc = getattr(lib, f"fo_host_{self.family}_flat_{tag}")(
+                self.mask, int(args[-nsc - 1]), (ctypes.c_void_p * len(ptrs))(*ptrs), scalars, grid[0], 32)
+        else:
+            chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors = args[:7]
+            rc = getattr(lib, f"fo_host_{self.family}_table_{tag}")(
+                self.mask, chunks.data.ptr, int(nchunks), int(chunk_elems), ptrs.data.ptr, gptrs.data.ptr,
+                sizes.data.ptr, int(ntensors), scalars, grid[0], 32)
+        assert rc == 0
+
+
+class _FakeCupy:
+    ndarray = _FakeArray
+
+    def __init__(self):
+        self.launches = []
+        fake = self
+
+        class RawModule:
+            def __init__(self, code, options, name_expressions):
+                assert "--fmad=false" in options
+                self.names = set(name_expressions)
+
+            def get_function(self, name):
+                assert name in self.names
+                return _FakeKernel(name, fake.launches)
+
+        class _Stream:
+            def synchronize(self):
+                pass
+
+        self.RawModule = RawModule
+        self.cuda = type("cuda", (), {
+            "Device": _FakeDevice,
+            "get_current_stream": staticmethod(lambda: _Stream()),
+            "runtime": type("runtime", (), {"getDevice": staticmethod(lambda: 0)}),
+        })
+
+    def empty(self, n, dtype):
+        return _FakeArray(np.empty(n, dtype))
+
+    def zeros(self, n, dtype):
+        return _FakeArray(np.zeros(n, dtype))
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    from fastopt.backends import cuda as cuda_backend
+    fake = _FakeCupy()
+    monkeypatch.setattr(cuda_backend, "_cupy", fake)
+    monkeypatch.setattr(cuda_backend, "_import_error", None)
+    monkeypatch.setattr(cuda_backend, "_modules", {})
+    monkeypatch.setattr(cuda_backend, "_sm_counts", {})
+    return fake
+
+
+@pytest.mark.parametrize("layout", ["separate", "flat-buffers", "flat-params-separate-grads"])
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "sgd"])
+def test_cuda_plan_through_a_stand_in_for_cupy(fake_cupy, name, layout):
+    from fastopt.backends.cuda import BACKEND
+    spec = SPECS[name]
+    hyper = {**spec.defaults, "weight_decay": 0.05}
+    if "momentum" in hyper:
+        hyper["momentum"] = 0.9
+    sizes = (3, 0, 4097, 1, 20000)
+    prob = Problem(name, hyper, sizes, np.float32, seed=6)
+    want_p, want_s = prob.reference()
+
+    def place(arrays, flat):
+        if not flat:
+            return [_FakeArray(a.copy()) for a in arrays]
+        buf = np.concatenate(arrays)
+        out, start = [], 0
+        for a in arrays:
+            out.append(_FakeArray(buf[start:start + a.size]))
+            start += a.size
+        return out
+
+    flat_state = layout != "separate"
+    params = place(prob.params, flat_state)
+    slots = {s.name: None if v is None else place(v, flat_state) for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, params, slots, prob.flags)
+    grad_bufs = place([np.zeros(n, np.float32) for n in sizes], layout == "flat-buffers")
+    for step in range(1, STEPS + 1):
+        for t in range(len(sizes)):
+            grad_bufs[t].a[...] = prob.grads[t][step - 1]
+        plan.run(grad_bufs, spec.scalars(hyper, step))
+    kinds = {k for k, _, _ in fake_cupy.launches}
+    assert len(fake_cupy.launches) == STEPS                      # one launch per step for the whole group
+    assert kinds == ({"flat"} if layout == "flat-buffers" else {"table"})
+    if layout != "flat-buffers":
+        assert plan._table[2].sets == 1                          # the grads' table, written once
+    for t in range(len(sizes)):
+        _compare(params[t].a, want_p[t], np.float32, f"{name} {layout} tensor {t}")
+        for k, s in enumerate(prob.slots):
+            if s is not None:
+                _compare(slots[spec.slots[k].name][t].a, want_s[k][t], np.float32, f"{name} slot {k} tensor {t}")
