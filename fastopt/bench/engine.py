@@ -246,6 +246,19 @@ def _rotate_bytes(config: Config, device: str) -> int:
     return int(min(max(2 * llc, 64 << 20), cap))
 
 
+MAX_ROTATED_TENSORS = 16_000
+
+
+def rotation_count(working_bytes: int, device: str = "cpu", quick: bool = False, max_instances: int = 64,
+                   tensors: int = 1, rotate_bytes: int | None = None) -> int:
+    """How many independent instances to rotate through so that their arrays span more than the caches (at most
+    `max_instances`, and at most MAX_ROTATED_TENSORS tensors in all: building thousands of small-tensor optimizers
+    would cost more than the measurement)."""
+    rotate = rotate_bytes if rotate_bytes is not None else _rotate_bytes(Config(quick=quick), device)
+    count = math.ceil(rotate / max(working_bytes, 1))
+    return max(1, min(max_instances, count, MAX_ROTATED_TENSORS // max(tensors, 1)))
+
+
 def _timing_options(config: Config, device: str) -> dict:
     repeats = config.repeats or (5 if config.quick else (7 if device == "gpu" else 11))
     min_time = config.min_time or (0.01 if config.quick or device == "gpu" else 0.05)
@@ -428,7 +441,8 @@ def _run_block(section, workload, dtype, cases, options, rotate, config, results
 
 def _measure_impl(impl, case, workload, dtype, itemsize, stream, options, rotate, config, record, state_sizes):
     n_arrays_bytes = workload.params * (2 + len(case.active_slots())) * itemsize
-    count = max(1, min(config.max_instances, math.ceil(rotate / max(n_arrays_bytes, 1))))
+    count = rotation_count(n_arrays_bytes, max_instances=config.max_instances, tensors=workload.tensors,
+                           rotate_bytes=rotate)
     instances = [impl.build(case, workload.shapes, dtype, seed=i) for i in range(count)]
     t = measure([inst.step for inst in instances], **options)
     state_itemsize = None

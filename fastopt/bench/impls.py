@@ -31,10 +31,20 @@ def _numpy_dtype(dtype: str):
     return None if dtype == "bfloat16" else np.dtype(dtype)
 
 
+_bases: dict = {}
+
+
 def _filled(n: int, scale: float, seed: int, dtype) -> np.ndarray:
-    """A cheap pseudo-random array: a short normal sequence, repeated (values only need to be ordinary numbers)."""
-    base = (np.random.default_rng(seed).standard_normal(_BASE_LEN) * scale).astype(dtype)
-    return np.resize(base, n)
+    """A cheap pseudo-random array of its own: a normal sequence, repeated from an offset that depends on `seed`
+    (values only need to be ordinary numbers, different from one tensor to the next)."""
+    key = (scale, np.dtype(dtype).str)
+    base = _bases.get(key)
+    if base is None:
+        base = _bases[key] = (np.random.default_rng(0).standard_normal(2 * _BASE_LEN) * scale).astype(dtype)
+    start = (seed * 7919) % _BASE_LEN
+    if n <= _BASE_LEN:
+        return base[start:start + n].copy()
+    return np.resize(base[start:start + _BASE_LEN], n)
 
 
 def _host_lists(shapes, dtype, seed):
