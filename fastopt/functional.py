@@ -53,10 +53,11 @@ def check_params(params, backend, names) -> None:
     for name, p in zip(names, params):
         if not backend.owns(p):
             raise TypeError(f"{name}: expected an array the {backend.name} backend updates, got {type(p).__name__}")
-        dtype = p.dtype
-        if getattr(dtype, "kind", None) != "f":
-            raise TypeError(f"{name}: expected a floating-point array, got dtype {dtype}")
-        backend.state_dtype(dtype)  # raises TypeError naming what this backend supports
+        try:
+            backend.state_dtype(p.dtype)  # the backend knows which dtypes it updates (cuda: bfloat16 as uint16 bits)
+        except TypeError as error:
+            raise TypeError(f"{name}: expected a floating-point array the {backend.name} backend updates: "
+                            f"{error}") from None
         if not _is_contiguous(p):
             raise ValueError(f"{name}: expected a C-contiguous array (fused kernels update memory in place); "
                              "pass a contiguous copy and train that")
