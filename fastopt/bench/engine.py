@@ -242,7 +242,7 @@ def _rotate_bytes(config: Config, device: str) -> int:
         info = gpu_info() or {}
         return max(4 * info.get("l2_cache_bytes", 0), 256 << 20)
     llc = _cache_bytes(3) or _cache_bytes(2) or (32 << 20)
-    cap = (256 << 20) if config.quick else (1 << 30)
+    cap = (128 << 20) if config.quick else (1 << 30)
     return int(min(max(2 * llc, 64 << 20), cap))
 
 

@@ -53,13 +53,37 @@ def _host_lists(shapes, dtype, seed):
     return params, grads
 
 
+_device_bases: dict = {}
+
+
+def _device_filled(n: int, scale: float, seed: int, dtype, lib: str):
+    """`_filled` made on the GPU from a device copy of the base sequence (no host round trip for big arrays)."""
+    key = (lib, scale, str(dtype))
+    base = _device_bases.get(key)
+    if base is None:
+        host = (np.random.default_rng(0).standard_normal(2 * _BASE_LEN) * scale).astype(np.float32)
+        if lib == "cupy":
+            import cupy
+            base = cupy.asarray(host).astype(dtype)
+        else:
+            import torch
+            base = torch.from_numpy(host).to(device="cuda", dtype=getattr(torch, dtype))
+        _device_bases[key] = base
+    start = (seed * 7919) % _BASE_LEN
+    chunk = base[start:start + min(n, _BASE_LEN)]
+    reps = -(-n // chunk.shape[0])
+    if lib == "cupy":
+        import cupy
+        return cupy.tile(chunk, reps)[:n].copy()
+    return chunk.repeat(reps)[:n].clone()
+
+
 def _cupy_lists(shapes, dtype, seed):
-    import cupy
     params, grads = [], []
     for i, s in enumerate(shapes):
         n = math.prod(s)
-        params.append(cupy.asarray(_filled(n, 1.0, seed + i, dtype)).reshape(s))
-        grads.append(cupy.asarray(_filled(n, 1e-2, seed + 7919 + i, dtype)).reshape(s))
+        params.append(_device_filled(n, 1.0, seed + i, dtype, "cupy").reshape(s))
+        grads.append(_device_filled(n, 1e-2, seed + 7919 + i, dtype, "cupy").reshape(s))
     return params, grads
 
 
@@ -69,10 +93,14 @@ def _torch_lists(shapes, dtype: str, seed: int, device: str):
     params, grads = [], []
     for i, s in enumerate(shapes):
         n = math.prod(s)
-        p = torch.from_numpy(_filled(n, 1.0, seed + i, np.float32)).reshape(s)
-        g = torch.from_numpy(_filled(n, 1e-2, seed + 7919 + i, np.float32)).reshape(s)
-        if device != "cpu" or tdtype != torch.float32:
-            p, g = p.to(device=device, dtype=tdtype), g.to(device=device, dtype=tdtype)
+        if device == "cpu":
+            p = torch.from_numpy(_filled(n, 1.0, seed + i, np.float32)).reshape(s)
+            g = torch.from_numpy(_filled(n, 1e-2, seed + 7919 + i, np.float32)).reshape(s)
+            if tdtype != torch.float32:
+                p, g = p.to(dtype=tdtype), g.to(dtype=tdtype)
+        else:
+            p = _device_filled(n, 1.0, seed + i, dtype, "torch").reshape(s)
+            g = _device_filled(n, 1e-2, seed + 7919 + i, dtype, "torch").reshape(s)
         params.append(p)
         grads.append(g)
     return params, grads

@@ -25,15 +25,29 @@ class Timing:
                 "host_us": None if self.host_seconds is None else self.host_seconds * 1e6}
 
 
+class _Rotation:
+    """Round-robin over the instances, continuing where the previous run stopped (a run need not be whole rounds:
+    every step still lands on the instance touched longest ago)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.next = 0
+
+    def run(self, count):
+        steps, n, i = self.steps, len(self.steps), self.next
+        for _ in range(count):
+            steps[i]()
+            i = i + 1 if i + 1 < n else 0
+        self.next = i
+
+
 class _CpuClock:
     def sync(self):
         pass
 
-    def run(self, steps, count):
-        n = len(steps)
+    def run(self, rotation, count):
         t0 = time.perf_counter()
-        for i in range(count):
-            steps[i % n]()
+        rotation.run(count)
         return time.perf_counter() - t0, None
 
 
@@ -48,13 +62,11 @@ class _CudaClock:
         self.cupy.cuda.get_current_stream().synchronize()
         self.cupy.cuda.Device().synchronize()
 
-    def run(self, steps, count):
-        n = len(steps)
+    def run(self, rotation, count):
         self.sync()
         self.start.record()
         t0 = time.perf_counter()
-        for i in range(count):
-            steps[i % n]()
+        rotation.run(count)
         host = time.perf_counter() - t0
         self.end.record()
         self.end.synchronize()
@@ -65,8 +77,8 @@ def measure(steps, device: str = "cpu", repeats: int = 7, min_time: float = 0.02
     """Time one optimizer step. `steps` holds one callable per rotated instance (each does one step on its own
     arrays, so consecutive steps do not find their data in cache); steps are issued round-robin.
 
-    Warm-up: every instance steps once (the first of these is reported as first-step time), then one more round.
-    Then `repeats` runs of `steps_per_repeat` steps each, chosen so one run lasts about `min_time`; the result is the
+    Warm-up: every instance steps once (the first of these is reported as first-step time), then a few more steps
+    calibrate `steps_per_repeat`, chosen so one run lasts about `min_time`. Then `repeats` runs; the result is the
     median time per step over the runs.
     """
     clock = _CudaClock() if device == "gpu" else _CpuClock()
@@ -78,15 +90,15 @@ def measure(steps, device: str = "cpu", repeats: int = 7, min_time: float = 0.02
     for step in steps[1:]:
         step()
     clock.sync()
-    # Calibrate: one full round of the instances.
-    n = len(steps)
-    elapsed, _ = clock.run(steps, n)
-    per_step = max(elapsed / n, 1e-7)
-    count = max(n, min(max_steps, math.ceil(min_time / per_step)))
-    count = max(1, count // n) * n if count >= n else count
+    # Calibrate on one step per instance (at most 8 steps).
+    rotation = _Rotation(steps)
+    probe = min(len(steps), 8)
+    elapsed, _ = clock.run(rotation, probe)
+    per_step = max(elapsed / probe, 1e-7)
+    count = max(1, min(max_steps, math.ceil(min_time / per_step)))
     times, hosts = [], []
     for _ in range(repeats):
-        elapsed, host = clock.run(steps, count)
+        elapsed, host = clock.run(rotation, count)
         times.append(elapsed / count)
         if host is not None:
             hosts.append(host / count)
