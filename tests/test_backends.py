@@ -42,14 +42,15 @@ def compare(name, hyper, backend, params, grads, dtype):
     ref, ref_state = run(name, hyper, "numpy", params, grads)
     for i, (f, r) in enumerate(zip(fused, ref)):
         assert f.dtype == r.dtype == dtype
-        assert_close(f, r, dtype, f"{name} {hyper} params[{i}]")
+        assert_close(f, r, dtype, f"{name} {hyper} params[{i}]", backend)
     assert fused_state["state"].keys() == ref_state["state"].keys()
     for key, entry in ref_state["state"].items():
         assert fused_state["state"][key].keys() == entry.keys()
         assert fused_state["state"][key]["step"] == entry["step"] == len(grads)
         for slot, value in entry.items():
             if slot != "step":
-                assert_close(fused_state["state"][key][slot], value, dtype, f"{name} {hyper} state[{key}][{slot}]")
+                assert_close(fused_state["state"][key][slot], value, dtype, f"{name} {hyper} state[{key}][{slot}]",
+                             backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -88,7 +89,7 @@ def test_many_tensors_and_mixed_dtypes_in_one_group(fused_backend, name):
     fused, _ = run(name, {}, fused_backend, params, grads)
     ref, _ = run(name, {}, "numpy", params, grads)
     for f, r in zip(fused, ref):
-        assert_close(f, r, r.dtype, name)
+        assert_close(f, r, r.dtype, name, fused_backend)
 
 
 def test_fused_backends_are_tested_here():

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
 
 
 @njit(**SPAN_OPTIONS)
@@ -11,9 +11,7 @@ def _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
     decay = weight_decay != 0
     for i in range(p.size):
         param = p[i]
-        d = g[i] * grad_sign
-        if decay:
-            d = d + weight_decay * param
+        d = direction(g[i], param, grad_sign, weight_decay, decay)
         s = rho * sq[i] + one_minus_rho * (d * d)
         sq[i] = s
         delta = np.sqrt(acc[i] + eps) / np.sqrt(s + eps) * d

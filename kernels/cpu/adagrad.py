@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
 
 
 @njit(**SPAN_OPTIONS)
@@ -11,9 +11,7 @@ def _span(p, g, total, clr, grad_sign, weight_decay, eps):
     decay = weight_decay != 0
     for i in range(p.size):
         param = p[i]
-        d = g[i] * grad_sign
-        if decay:
-            d = d + weight_decay * param
+        d = direction(g[i], param, grad_sign, weight_decay, decay)
         s = total[i] + d * d
         total[i] = s
         p[i] = param - clr * (d / (np.sqrt(s) + eps))

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
 
 
 @njit(**SPAN_OPTIONS)
@@ -12,9 +12,7 @@ def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_al
     decay = weight_decay != 0
     for i in range(p.size):
         param = p[i]
-        d = g[i] * grad_sign
-        if decay:
-            d = d + weight_decay * param
+        d = direction(g[i], param, grad_sign, weight_decay, decay)
         s = alpha * sq[i] + one_minus_alpha * (d * d)
         sq[i] = s
         if centered:

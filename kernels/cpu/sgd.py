@@ -2,7 +2,7 @@
 
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
 
 
 @njit(**SPAN_OPTIONS)
@@ -10,9 +10,7 @@ def _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_s
     decay = weight_decay != 0
     for i in range(p.size):
         param = p[i]
-        d = g[i] * grad_sign
-        if decay:
-            d = d + weight_decay * param
+        d = direction(g[i], param, grad_sign, weight_decay, decay)
         if use_momentum:
             b = buffer_decay * buf[i] + grad_scale * d
             buf[i] = b
