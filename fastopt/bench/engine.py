@@ -414,10 +414,11 @@ def _run_block(section, workload, dtype, cases, options, rotate, config, results
         label = f"{device} {workload.name} {dtype} {case.name}"
         if n_slots not in streams:
             try:
-                streams[n_slots] = _measure_stream(device, workload.params, n_slots, dtype, rotate, options,
-                                                   config.max_instances)
-                results["rooflines"].append({"device": device, "workload": workload.name,
-                                             "params": workload.params, "dtype": dtype, **streams[n_slots]})
+                stream = _measure_stream(device, workload.params, n_slots, dtype, rotate, options,
+                                         config.max_instances)
+                streams[n_slots] = {"device": device, "workload": workload.name, "params": workload.params,
+                                    "dtype": dtype, **stream}
+                results["rooflines"].append(streams[n_slots])
             except Exception as exc:
                 streams[n_slots] = {"error": _short_error(exc)}
                 results["rooflines"].append({"device": device, "workload": workload.name, "kind": "stream",
@@ -437,6 +438,28 @@ def _run_block(section, workload, dtype, cases, options, rotate, config, results
             except Exception as exc:
                 record["error"] = _short_error(exc)
             gc.collect()
+    # Each stream again, after the contenders: a burst of other work on the machine during one of the two
+    # measurements lowers that one only, and the limit is the faster of the two.
+    for n_slots, stream in streams.items():
+        if "gbps" not in stream:
+            continue
+        try:
+            again = _measure_stream(device, workload.params, n_slots, dtype, rotate, options, config.max_instances)
+        except Exception:
+            continue
+        stream["gbps_first"], stream["gbps_second"] = stream["gbps"], again["gbps"]
+        if again["gbps"] > stream["gbps"]:
+            stream.update({k: v for k, v in again.items()})
+            stream["gbps_first"] = stream.get("gbps_first")
+    for record in results["records"]:
+        if (record["device"], record["workload"], record["dtype"]) != (device, workload.name, dtype):
+            continue
+        if "gbps" not in record:
+            continue
+        stream = streams.get(access_pattern(CASES[record["optimizer"]])[0] - 2, {})
+        if "gbps" in stream:
+            record["roofline_gbps"] = stream["gbps"]
+            record["roofline_pct"] = 100.0 * record["gbps"] / stream["gbps"]
 
 
 def _measure_impl(impl, case, workload, dtype, itemsize, stream, options, rotate, config, record, state_sizes):

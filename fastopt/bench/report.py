@@ -38,8 +38,7 @@ def rows(results: dict) -> tuple[list[str], list[list[str]]]:
                                                         _impl_key(r["impl"])))
     for r in records:
         if "error" in r:
-            row = [r["device"], r["workload"], r["dtype"], r["optimizer"], r["impl"], "-",
-                   "n/a: " + r["error"][:60], "", "", "", ""]
+            row = [r["device"], r["workload"], r["dtype"], r["optimizer"], r["impl"], "-", "n/a", "", "", "", ""]
         else:
             base = BASELINE_FOR[r["device"]]
             row = [r["device"], r["workload"], r["dtype"], r["optimizer"], r["impl"], str(r["bytes_per_param"]),
@@ -50,6 +49,15 @@ def rows(results: dict) -> tuple[list[str], list[list[str]]]:
             row.append(_fmt(r.get("host_us"), ".1f"))
         body.append(row)
     return header, body
+
+
+def notes(results: dict) -> list[str]:
+    """Why some measurements are missing: one line per distinct (contender, reason)."""
+    seen = {}
+    for r in results["records"]:
+        if "error" in r:
+            seen.setdefault((r["impl"], r["error"]), []).append(r["optimizer"])
+    return [f"{impl} n/a for {', '.join(dict.fromkeys(opts))}: {error}" for (impl, error), opts in seen.items()]
 
 
 def roofline_rows(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -124,6 +132,8 @@ def print_table(results: dict, console=None) -> None:
         style = "bold" if row[i_impl] in ("cpu", "cuda") else None
         table.add_row(*row, style=style)
     console.print(table)
+    for line in notes(results):
+        console.print(line)
     rheader, rbody = roofline_rows(results)
     rt = Table(title="measured roofline (streams with each optimizer's access pattern)")
     for name in rheader:
@@ -156,7 +166,9 @@ def markdown(results: dict) -> str:
               "`x torch-fused`: than torch.optim with fused=True on the same device; `% roofline`: achieved GB/s "
               "over the stream with the same access pattern measured in this run.", ""]
     lines.append(_md_table(*rows(results)))
-    lines += ["", "## Measured roofline", ""]
+    lines += [""] + [f"- {line}" for line in notes(results)]
+    lines += ["", "## Measured roofline", "",
+              "Each stream is measured twice in a block (before and after the contenders); the faster counts.", ""]
     lines.append(_md_table(*roofline_rows(results)))
     if results.get("skipped"):
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()]
@@ -235,9 +247,10 @@ def write_plots(results: dict, directory: str, prefix: str = "") -> list[str]:
             for ax in axes[:, 0]:
                 ax.set_ylabel("GB/s (counted bytes)")
             handles, labels = axes.flat[0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=9)
             fig.suptitle(f"fastopt step throughput, {device} {dtype}", y=0.995, fontsize=11)
-            fig.tight_layout(rect=(0, 0, 1, 0.93))
+            fig.tight_layout(rect=(0, 0, 1, 0.92))
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(6, len(labels)),
+                       fontsize=9)
             path = os.path.join(directory, f"{tag}_throughput.png")
             fig.savefig(path, dpi=110)
             plt.close(fig)
