@@ -122,6 +122,24 @@ def gpu_info() -> dict | None:
         return None
 
 
+def cpu_busy(seconds: float = 0.3) -> float | None:
+    """The fraction of all CPUs' time spent busy over the next `seconds` (Linux /proc/stat), or None. Unlike the
+    load average, it says what the machine is doing now."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values), idle
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
 def machine_info() -> dict:
     try:
         import numba
@@ -140,6 +158,7 @@ def machine_info() -> dict:
         "l2_cache_bytes": _cache_bytes(2),
         "l3_cache_bytes": _cache_bytes(3),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "cpu_busy_start": cpu_busy(),
         "gpu": gpu_info(),
         "versions": {m: _version(m) for m in ("numpy", "numba", "torch", "cupy", "fastopt")},
         "git_commit": _git_commit(),
@@ -366,9 +385,9 @@ def run(config: Config | None = None, log=None) -> dict:
     }
     for name, reason in skipped.items():
         log(f"fastopt-bench: skipping {name}: {reason}")
-    load = results["machine"]["load_average_start"]
-    if load and os.cpu_count() and load[0] > 0.5:
-        log(f"fastopt-bench: warning: load average {load[0]:.2f} at start: other processes share these "
+    busy = results["machine"]["cpu_busy_start"]
+    if busy is not None and busy > 0.2:
+        log(f"fastopt-bench: warning: the CPUs were {busy:.0%} busy before the run: other processes share these "
             f"{os.cpu_count()} cores, and parallel kernels (Numba, torch) suffer most; figures will be noisy")
     total = sum(len(s.workloads) * len(s.dtypes) * len(cases) * (1 + len(s.contenders)) for s in sections)
     with _progress(config, total) as progress:
@@ -389,6 +408,7 @@ def run(config: Config | None = None, log=None) -> dict:
         results["machine"]["numba_threading_layer"] = numba.threading_layer()
     except Exception:
         pass
+    results["machine"]["cpu_busy_end"] = cpu_busy()
     results["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     results["elapsed_s"] = time.time() - started
     add_ratios(results)

@@ -145,6 +145,14 @@ def print_table(results: dict, console=None) -> None:
         console.print(line)
 
 
+def _pct(value):
+    return "?" if value is None else f"{value:.0%}"
+
+
+def _loads(values):
+    return "?" if not values else " ".join(f"{v:.2f}" for v in values)
+
+
 def _md_table(header, body) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in body]
@@ -155,7 +163,9 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# fastopt-bench results ({results['date']})", "",
              f"- machine: {machine_line(results)}",
-             f"- load average at start / end: {m.get('load_average_start')} / {m.get('load_average_end')}",
+             f"- CPUs busy before / after the run: {_pct(m.get('cpu_busy_start'))} / {_pct(m.get('cpu_busy_end'))}; "
+             f"load average at start / end: {_loads(m.get('load_average_start'))} / "
+             f"{_loads(m.get('load_average_end'))}",
              f"- command: `fastopt-bench {' '.join(results['config'].get('argv') or [])}`",
              f"- elapsed: {results.get('elapsed_s', 0):.0f} s", ""]
     heads = headline_lines(results)
