@@ -30,7 +30,7 @@ from fastopt.bench.impls import FastoptImpl, TorchImpl
 from fastopt.bench.roofline import cpu_stream_step
 from fastopt.bench.workloads import many, single, size_label
 
-N = int(os.environ.get("FASTOPT_BENCH_PARAMS", 16 << 20))   # 16M unless overridden (smoke runs)
+N = int(os.environ.get("FASTOPT_BENCH_PARAMS", str(16 << 20)))   # 16M unless overridden (smoke runs)
 ADAM = CASES["adam"]
 BPP = bytes_per_param(ADAM, 4)                     # 28
 ROUNDS = int(os.environ.get("FASTOPT_BENCH_ROUNDS", "10"))

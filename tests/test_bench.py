@@ -9,7 +9,6 @@ from fastopt.bench import CASES, bytes_per_param, load_model_shapes
 from fastopt.bench.cli import main
 from fastopt.bench.compare import compare
 
-
 # ---- bytes per parameter, counted from the specs, against hand counts ----------------------------------------------
 
 @pytest.mark.parametrize("case, itemsize, expected", [

@@ -10,5 +10,13 @@ workloads, optimizer cases and stream kernels defined here.
 from .engine import Config, headline, run
 from .workloads import CASES, Workload, access_pattern, bytes_per_param, load_model_shapes
 
-__all__ = ["Config", "run", "headline", "CASES", "Workload", "access_pattern", "bytes_per_param",
-           "load_model_shapes"]
+__all__ = [
+           "CASES",
+           "Config",
+           "Workload",
+           "access_pattern",
+           "bytes_per_param",
+           "headline",
+           "load_model_shapes",
+           "run",
+]

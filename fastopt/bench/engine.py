@@ -22,8 +22,16 @@ import numpy as np
 from . import impls as _impls
 from . import roofline as _roofline
 from .timing import measure
-from .workloads import CASES, SINGLE_SIZES, Workload, access_pattern, bytes_per_param, default_workloads, single
-from .workloads import workload_by_name
+from .workloads import (
+    CASES,
+    SINGLE_SIZES,
+    Workload,
+    access_pattern,
+    bytes_per_param,
+    default_workloads,
+    single,
+    workload_by_name,
+)
 
 FASTOPT_BACKENDS = ("cpu", "numpy", "cuda")
 BASELINES = ("torch-foreach", "torch-fused", "cupy-chain")
@@ -97,7 +105,7 @@ def _git_commit():
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
+                             check=False, timeout=5)
         return out.stdout.strip() or None
     except Exception:
         return None
@@ -535,4 +543,4 @@ def headline(results: dict) -> dict:
     return out
 
 
-__all__ = ["Config", "run", "plan", "add_ratios", "headline", "machine_info", "SINGLE_SIZES"]
+__all__ = ["SINGLE_SIZES", "Config", "add_ratios", "headline", "machine_info", "plan", "run"]

@@ -10,8 +10,8 @@ arrays (fastopt's fast path, and what a training loop does with its gradient buf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
