@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib
 import operator
 
-from fastopt.backends.numpy import NumpyArrays
+import numpy as np
 
+from fastopt.backends.numpy import NumpyArrays
 from fastopt.specs import SPECS
 
 _import_error: str | None = None
 try:  # Numba can fail at import (no writable cache directory, llvmlite mismatch): fall back, say why.
-    from numba.typed import List
-
     from fastopt.kernels.cpu._common import chunk_table
 
     for _family in {spec.kernel for spec in SPECS.values()}:
@@ -21,28 +20,35 @@ except Exception as error:  # noqa: BLE001 - any import failure means "not avail
     _import_error = f"numba kernels could not be loaded: {type(error).__name__}: {error}"
 
 
-def _typed_list(arrays):
-    return List([a.reshape(-1) for a in arrays])
+def _addresses(arrays):
+    return [a.__array_interface__["data"][0] for a in arrays]
 
 
 class _NumbaPlan:
+    """The kernel, its chunk table, and the address table: row 0 params, row 1 grads, then the spec's slots.
+
+    The plan holds every array whose address is in the table, so none is freed while the kernel may touch it.
+    """
+
     def __init__(self, spec, params, slots, flags):
         self.kernel = importlib.import_module(f"fastopt.kernels.cpu.{spec.kernel}").update
         self.cast = params[0].dtype.type  # scalars in the array's dtype keep the loop in float32 for float32
         self.chunks = chunk_table([p.size for p in params])
-        self.params = _typed_list(params)
-        # An inactive slot is never touched by the kernel: any list of the right type stands in for it.
-        self.slots = [self.params if slots[s.name] is None else _typed_list(slots[s.name]) for s in spec.slots]
+        self.arrays = [params, *(slots[s.name] for s in spec.slots)]
+        self.table = np.zeros((2 + len(spec.slots), len(params)), dtype=np.int64)
+        self.table[0] = _addresses(params)
+        for row, slot in enumerate(spec.slots, start=2):
+            # An inactive slot is never touched by the kernel: the params' addresses stand in for it.
+            self.table[row] = self.table[0] if slots[slot.name] is None else _addresses(slots[slot.name])
         self.flags = flags
-        self._grad_objects: list = []
-        self._grads = None
+        self._grads: list = []
 
     def run(self, grads, scalars):
-        # Building a typed list costs ~1 us per array: keep it while the caller passes the same grad arrays.
-        if len(grads) != len(self._grad_objects) or not all(map(operator.is_, grads, self._grad_objects)):
-            self._grads = _typed_list(grads)
-            self._grad_objects = list(grads)
-        self.kernel(self.chunks, self.params, self._grads, *self.slots, *map(self.cast, scalars), *self.flags)
+        # Refresh the grads' row only when the caller passes other arrays than last step.
+        if len(grads) != len(self._grads) or not all(map(operator.is_, grads, self._grads)):
+            self.table[1] = _addresses(grads)
+            self._grads = list(grads)
+        self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
 
 
 class CpuBackend(NumpyArrays):

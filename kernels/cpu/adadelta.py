@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -20,8 +20,9 @@ def _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
 
 
 @njit(**DRIVER_OPTIONS)
-def update(chunks, params, grads, square_avgs, acc_deltas, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
+def update(chunks, table, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        _span(params[t][a:b], grads[t][a:b], square_avgs[t][a:b], acc_deltas[t][a:b], lr, grad_sign,
-              weight_decay, rho, one_minus_rho, eps)
+        p, g, sq, acc = (span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr),
+                         span(table[3, t], a, b, lr))
+        _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps)

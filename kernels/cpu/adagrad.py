@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -18,7 +18,8 @@ def _span(p, g, total, clr, grad_sign, weight_decay, eps):
 
 
 @njit(**DRIVER_OPTIONS)
-def update(chunks, params, grads, sums, clr, grad_sign, weight_decay, eps):
+def update(chunks, table, clr, grad_sign, weight_decay, eps):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        _span(params[t][a:b], grads[t][a:b], sums[t][a:b], clr, grad_sign, weight_decay, eps)
+        p, g, total = span(table[0, t], a, b, clr), span(table[1, t], a, b, clr), span(table[2, t], a, b, clr)
+        _span(p, g, total, clr, grad_sign, weight_decay, eps)

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -24,18 +24,18 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
         v[i] = v_i
         if amsgrad:
             previous = v_max[i]
-            if previous > v_i or previous != previous:  # torch.maximum: NaN wins
+            if previous > v_i or np.isnan(previous):  # torch.maximum: NaN wins
                 v_i = previous
             v_max[i] = v_i
         p[i] = param - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
 
 
 @njit(**DRIVER_OPTIONS)
-def update(chunks, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-           lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+def update(chunks, table, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
            bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        _span(params[t][a:b], grads[t][a:b], exp_avgs[t][a:b], exp_avg_sqs[t][a:b], max_exp_avg_sqs[t][a:b],
-              grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+        p, g, m, v, v_max = (span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr),
+                             span(table[3, t], a, b, lr), span(table[4, t], a, b, lr))
+        _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
               bias_correction2_sqrt, decay_factor, amsgrad, decoupled)

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -30,9 +30,10 @@ def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_al
 
 
 @njit(**DRIVER_OPTIONS)
-def update(chunks, params, grads, square_avgs, momentum_buffers, grad_avgs, lr, grad_sign, weight_decay, alpha,
-           one_minus_alpha, eps, momentum, centered, use_momentum):
+def update(chunks, table, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered, use_momentum):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        _span(params[t][a:b], grads[t][a:b], square_avgs[t][a:b], momentum_buffers[t][a:b], grad_avgs[t][a:b],
-              lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered, use_momentum)
+        p, g, sq, buf, g_avg = (span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr),
+                                span(table[3, t], a, b, lr), span(table[4, t], a, b, lr))
+        _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
+              use_momentum)

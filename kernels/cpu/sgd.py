@@ -2,7 +2,7 @@
 
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction
+from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -19,9 +19,8 @@ def _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_s
 
 
 @njit(**DRIVER_OPTIONS)
-def update(chunks, params, grads, momentum_buffers, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale,
-           use_momentum, nesterov):
+def update(chunks, table, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        _span(params[t][a:b], grads[t][a:b], momentum_buffers[t][a:b], lr, grad_sign, weight_decay, momentum,
-              buffer_decay, grad_scale, use_momentum, nesterov)
+        p, g, buf = span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr)
+        _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov)
