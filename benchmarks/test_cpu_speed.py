@@ -86,7 +86,8 @@ def _instances(impl, workload, case=ADAM, count=None):
 @pytest.mark.parametrize("name", ["fastopt-cpu", "numpy", "torch-fused", "torch-foreach"])
 def test_adam_16m(benchmark, summary, name):
     impl = {"fastopt-cpu": lambda: FastoptImpl("cpu"), "numpy": lambda: FastoptImpl("numpy"),
-            "torch-fused": lambda: TorchImpl("fused", "cpu"), "torch-foreach": lambda: TorchImpl("foreach", "cpu")}[name]()
+            "torch-fused": lambda: TorchImpl("fused", "cpu"),
+            "torch-foreach": lambda: TorchImpl("foreach", "cpu")}[name]()
     _skip_unless(impl)
     steps = _instances(impl, single(N))
     _run(benchmark, name, steps, N, summary, N * BPP)

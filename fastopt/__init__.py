@@ -7,11 +7,10 @@
 from fastopt import functional
 from fastopt.dispatch import available_backends
 from fastopt.flat import flatten
-from fastopt.optim import OPTIMIZERS, Optimizer
-from fastopt.optim import SGD, Adadelta, Adagrad, Adam, AdamW, Momentum, Nesterov, RMSprop  # noqa: F401
+from fastopt.optim import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop
 from fastopt.specs import SPECS
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Momentum", "Nesterov", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Optimizer",
-           "OPTIMIZERS", "SPECS", "available_backends", "flatten", "functional", "__version__"]
+__all__ = ["OPTIMIZERS", "SGD", "SPECS", "Adadelta", "Adagrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer",
+           "RMSprop", "__version__", "available_backends", "flatten", "functional"]

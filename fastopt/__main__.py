@@ -23,13 +23,11 @@ def info() -> int:
              f"platform {platform.platform()}", f"cpu cores {os.cpu_count()}"]
     for name in ("numpy", "numba", "cupy", "torch"):
         lines.append(f"{name} {_version(name)}")
-    try:
+    if fastopt.available_backends()["cpu"] is None:
         import numba
 
         lines.append(f"numba threads {numba.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
                      f"layer {numba.config.THREADING_LAYER}), cache dir {numba.config.CACHE_DIR or 'next to kernels'}")
-    except Exception:  # noqa: BLE001 - numba's absence is already reported above
-        pass
     lines.append(f"FASTOPT_BACKEND={os.environ.get('FASTOPT_BACKEND', '')!r}")
     lines.append("backends:")
     for name, reason in fastopt.available_backends().items():

@@ -11,6 +11,8 @@ Everything is checked before any kernel runs, so bad input raises and changes no
 
 from __future__ import annotations
 
+import itertools
+
 from fastopt import dispatch
 from fastopt.specs import SPECS, OptimizerSpec
 
@@ -68,7 +70,7 @@ def check_params(params, backend, names) -> None:
             if p.size:
                 ranges.append((memory[0], memory[1], name))
     ranges.sort()
-    for (_, end, first), (start, _, second) in zip(ranges, ranges[1:]):
+    for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
         if start < end:
             raise ValueError(f"{first} and {second} share memory: each parameter must be its own array")
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import ClassVar
 
 from fastopt import dispatch, functional
 from fastopt.specs import SHORTHANDS, SPECS, OptimizerSpec
@@ -39,7 +40,7 @@ class Optimizer:
     """Base class: `spec` (an OptimizerSpec) says which optimizer; `default_overrides` change its defaults."""
 
     spec: OptimizerSpec
-    default_overrides: dict = {}
+    default_overrides: ClassVar[dict] = {}
 
     def __init__(self, params, backend=None, **hyperparameters):
         self.defaults = functional.with_defaults(self.spec, {**self.default_overrides, **hyperparameters})
@@ -128,7 +129,7 @@ class Optimizer:
             labels, where = self._labels[index], self._wheres[index]
             grads_where = "grads" if len(per_group) == 1 else f"grads[{index}]"
             functional.check_grads(group_grads, group["params"], labels,
-                                   lambda i, labels=labels, where=where: grads_where + labels[i][len(where):])
+                                   lambda i, labels=labels, where=where, to=grads_where: to + labels[i][len(where):])
         for index, group_grads in enumerate(per_group):
             self._step_group(index, [self.backend.as_array(g) for g in group_grads])
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
-
+from typing import Any
 
 # ---- hyperparameter checks: each returns None when the value is fine, else what was expected ----------------------
 

@@ -23,7 +23,7 @@ def problem(seed=0, shapes=((4, 3), (5,), (0,))):
 def test_every_spec_and_shorthand_has_a_class_and_a_registry_entry():
     assert set(SPECS) <= set(fastopt.OPTIMIZERS)
     assert set(SPECS) == set(HYPERPARAMETERS) == set(BUSY)
-    for name, cls in fastopt.OPTIMIZERS.items():
+    for cls in fastopt.OPTIMIZERS.values():
         assert getattr(fastopt, cls.__name__) is cls
 
 

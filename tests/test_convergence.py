@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # the study lives in benchmarks/, beside the package, not in it
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
+# The study lives in benchmarks/, beside the package (pytest's pythonpath puts the repository root on sys.path).
 from benchmarks.convergence import data, mlp, run, toy
 from benchmarks.convergence.optimizers import MLP, TOY, make
 

@@ -18,8 +18,8 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastopt import cuda_build  # noqa: E402
-from fastopt.specs import SPECS  # noqa: E402
+from fastopt import cuda_build
+from fastopt.specs import SPECS
 
 ARCHS = ("sm_80", "sm_90")
 # Registers per thread, at most. Measured (nvcc 13.0): 29-84 over all instantiations, the table kernels of 3-slot

@@ -16,12 +16,12 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastopt import reference  # noqa: E402
-from fastopt.backends.cuda import BACKEND  # noqa: E402
-from fastopt.specs import SPECS  # noqa: E402
+from fastopt import reference
+from fastopt.backends.cuda import BACKEND
+from fastopt.specs import SPECS
 
 try:
-    from tolerances import TOLERANCES  # noqa: E402
+    from tolerances import TOLERANCES
 except ImportError:  # pragma: no cover
     TOLERANCES = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
                   np.dtype(np.float32): dict(rtol=2e-6, atol=1e-7)}

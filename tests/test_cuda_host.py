@@ -28,11 +28,11 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastopt import cuda_build, reference  # noqa: E402
-from fastopt.specs import SPECS, boolean  # noqa: E402
+from fastopt import cuda_build, reference
+from fastopt.specs import SPECS, boolean
 
 try:
-    from tolerances import TOLERANCES  # noqa: E402
+    from tolerances import TOLERANCES
 except ImportError:  # pragma: no cover - tests/tolerances.py is the one place tolerances live
     TOLERANCES = {np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
                   np.dtype(np.float32): dict(rtol=2e-6, atol=1e-7)}

@@ -11,16 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-try:
-    import fastopt  # noqa: F401
-except ImportError:  # running from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastopt import reference
 from fastopt.specs import SPECS

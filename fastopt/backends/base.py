@@ -15,7 +15,8 @@ is `spec.scalars(hyper, step)` as Python floats (the backend casts them to the c
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 
 class Plan(Protocol):

@@ -247,10 +247,11 @@ class CudaBackend:
         if isinstance(array, np.ndarray):
             return False
         try:
-            array.__cuda_array_interface__
-            return True
+            has_interface = array.__cuda_array_interface__ is not None
         except Exception:  # noqa: BLE001 - torch raises AttributeError/RuntimeError for CPU tensors
-            pass
+            has_interface = False
+        if has_interface:
+            return True
         device = getattr(array, "__dlpack_device__", None)
         if device is None:
             return False
@@ -298,3 +299,21 @@ class CudaBackend:
 
 
 BACKEND = CudaBackend()
+
+
+def describe() -> list[str]:
+    """Lines for `python -m fastopt info`: the GPUs, CUDA versions and CuPy's kernel cache."""
+    import os
+
+    cp = _cp()
+    lines = []
+    for index in range(cp.cuda.runtime.getDeviceCount()):
+        props = cp.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        lines.append(f"GPU {index}: {name}, sm_{props['major']}{props['minor']}, "
+                     f"{props['totalGlobalMem'] / 2**30:.0f} GiB, {props['multiProcessorCount']} SMs")
+    lines.append(f"CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, driver {cp.cuda.runtime.driverGetVersion()}, "
+                 f"CuPy {cp.__version__}")
+    cache = os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
+    lines.append(f"CuPy kernel cache {cache}; fastopt kernel families compiled in this process: {sorted(_modules)}")
+    return lines

@@ -41,7 +41,7 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fastopt.specs import SPECS
+from fastopt.specs import SPECS  # noqa: E402 - after making the checkout importable
 
 STEPS = 12
 SHAPES = [(7,), (3, 13), (1,)]   # odd sizes; 39 elements reach torch's vectorised loop, 7 and 1 only its scalar tail
