@@ -112,8 +112,25 @@ def init_state(optimizer, params, backend=None, **hyper) -> dict:
     hyper = with_defaults(spec, hyper)
     backend = dispatch.choose_backend(list(params), backend)
     arrays = [backend.as_array(p) for p in params]
-    return {slot.name: [backend.full_like(p, slot.init(hyper), backend.state_dtype(p.dtype)) for p in arrays]
-            for slot in spec.active_slots(hyper)}
+    return {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)}
+
+
+def state_arrays(backend, params, value) -> list:
+    """One state array per param, filled with `value`: views of one contiguous buffer per state dtype, in params'
+    order. Params that are views of one buffer (`fastopt.flatten`) then have state laid out the same way, and a
+    backend can update the whole group as one span of memory (the cuda backend's flat path)."""
+    arrays: list = [None] * len(params)
+    by_dtype: dict = {}
+    for i, p in enumerate(params):
+        by_dtype.setdefault(backend.state_dtype(p.dtype), []).append(i)
+    for dtype, indices in by_dtype.items():
+        buffer = backend.full_like(params[indices[0]], value, dtype, size=sum(int(params[i].size) for i in indices))
+        offset = 0
+        for i in indices:
+            n = int(params[i].size)
+            arrays[i] = buffer[offset:offset + n].reshape(params[i].shape)
+            offset += n
+    return arrays
 
 
 def check_state(spec, hyper, params, state, backend, names) -> None:

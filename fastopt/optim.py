@@ -151,8 +151,7 @@ class Optimizer:
         state = self._state[index]
         for slot in self.spec.active_slots(hyper):
             if slot.name not in state:
-                state[slot.name] = [self.backend.full_like(p, slot.init(hyper), self.backend.state_dtype(p.dtype))
-                                    for p in self._arrays[index]]
+                state[slot.name] = functional.state_arrays(self.backend, self._arrays[index], slot.init(hyper))
 
     def _build_updates(self, index: int, hyper: dict):
         """One FusedUpdate per distinct step count (params normally share one: then a single update)."""
@@ -228,7 +227,7 @@ class Optimizer:
             arrays = self._arrays[index]
             state = {}
             for name, values in new_state[index].items():
-                state[name] = [self.backend.full_like(p, 0, self.backend.state_dtype(p.dtype)) for p in arrays]
+                state[name] = functional.state_arrays(self.backend, arrays, 0.0)
                 for target, source in zip(state[name], values):
                     self.backend.copy_into(target, source)
             self._state[index] = state

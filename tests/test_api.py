@@ -206,3 +206,18 @@ def test_changing_a_flag_mid_training_allocates_the_new_state():
     opt.param_groups[0]["amsgrad"] = True
     opt.step(grads[1])
     assert "max_exp_avg_sq" in opt.state_dict()["state"][0]
+
+
+def test_state_of_a_group_is_one_contiguous_buffer_per_slot():
+    # With flattened params and grads, params, grads and state are all single spans: the cuda backend's flat path.
+    params, grads = problem()
+    _, views = fastopt.flatten(params)
+    opt = fastopt.Adam(views, amsgrad=True)
+    opt.step(grads[0])
+    for slot in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        arrays = opt._state[0][slot]
+        base = arrays[0].base
+        assert base is not None and base.size == sum(p.size for p in params)
+        assert all(a.base is base for a in arrays)
+        offsets = [a.__array_interface__["data"][0] - base.__array_interface__["data"][0] for a in arrays if a.size]
+        assert offsets == [0, 12 * 8]  # back to back, in params' order (float64: 8 bytes; the third is empty)

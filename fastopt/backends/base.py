@@ -38,8 +38,9 @@ class Backend(Protocol):
     def state_dtype(self, param_dtype):
         """The dtype of state arrays for parameters of this dtype, or raise TypeError if the dtype is unsupported."""
 
-    def full_like(self, param, value: float, dtype):
-        """A new array shaped like `param`, of `dtype`, filled with `value`."""
+    def full_like(self, param, value: float, dtype, size: int | None = None):
+        """A new array shaped like `param` (1-D of `size` elements if given), on its device, of `dtype`, filled with
+        `value`."""
 
     def to_numpy(self, array):
         """A NumPy copy (for state_dict)."""

@@ -275,11 +275,11 @@ class CudaBackend:
         key = _dtype_key(param_dtype)
         return np.dtype(np.float64 if key == "float64" else np.float32)
 
-    def full_like(self, param, value, dtype):
+    def full_like(self, param, value, dtype, size=None):
         cp = _cp()
         param = self.as_array(param)
         with param.device:
-            return cp.full(param.shape, value, dtype=dtype)
+            return cp.full(param.shape if size is None else size, value, dtype=dtype)
 
     def to_numpy(self, array):
         return _cp().asnumpy(self.as_array(array))

@@ -23,8 +23,8 @@ class NumpyArrays:
             raise TypeError(f"the {self.name} backend updates float32 and float64 params, got {param_dtype}")
         return param_dtype
 
-    def full_like(self, param, value, dtype):
-        return np.full(param.shape, value, dtype=dtype)
+    def full_like(self, param, value, dtype, size=None):
+        return np.full(param.shape if size is None else size, value, dtype=dtype)
 
     def to_numpy(self, array):
         return np.array(array, copy=True)
