@@ -15,7 +15,7 @@
 # Everything printed also goes to benchmarks/results/<gpu>_<date>.log. Exit status: 0 when every step passed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}  # the GPU image's python3 holds torch and CuPy
 
 mkdir -p benchmarks/results
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '-' | sed 's/^-//; s/-$//')
