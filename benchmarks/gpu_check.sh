@@ -51,11 +51,9 @@ else
 fi
 step cuda-tests "$PY" -m pytest tests/test_cuda_device.py tests/test_cuda_build.py tests/test_cuda_host.py -q -rs
 step generic-tests env FASTOPT_TEST_BACKENDS=cuda "$PY" -m pytest tests -q -rs
-if command -v fastopt-bench >/dev/null 2>&1; then
-    step bench fastopt-bench --backends cuda --json "${base}.json" --markdown "${base}.md"
-else
-    step bench "$PY" -m fastopt.bench.cli --backends cuda --json "${base}.json" --markdown "${base}.md"
-fi
+# fastopt-bench through the same interpreter as the tests (a console script on PATH may belong to another Python).
+step bench "$PY" -m fastopt.bench.cli --backends cuda --json "${base}.json" --markdown "${base}.md" \
+    --plots benchmarks/results --plot-prefix "${gpu}_${stamp}_" --no-progress
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
