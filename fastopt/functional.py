@@ -32,6 +32,14 @@ def with_defaults(spec: OptimizerSpec, hyper: dict) -> dict:
     return full
 
 
+def indices_by(keys) -> dict:
+    """key -> the positions holding it, in order of first appearance (tensors grouped by dtype, step, ...)."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
 # ---- array checks -------------------------------------------------------------------------------------------------
 
 def _memory_range(array):
@@ -120,10 +128,7 @@ def state_arrays(backend, params, value) -> list:
     order. Params that are views of one buffer (`fastopt.flatten`) then have state laid out the same way, and a
     backend can update the whole group as one span of memory (the cuda backend's flat path)."""
     arrays: list = [None] * len(params)
-    by_dtype: dict = {}
-    for i, p in enumerate(params):
-        by_dtype.setdefault(backend.state_dtype(p.dtype), []).append(i)
-    for dtype, indices in by_dtype.items():
+    for dtype, indices in indices_by(backend.state_dtype(p.dtype) for p in params).items():
         buffer = backend.full_like(params[indices[0]], value, dtype, size=sum(int(params[i].size) for i in indices))
         offset = 0
         for i in indices:
@@ -153,9 +158,7 @@ class FusedUpdate:
     def __init__(self, spec: OptimizerSpec, params, state: dict, hyper: dict, backend):
         self.spec, self.backend = spec, backend
         self.flags = spec.flags(hyper)
-        by_dtype: dict = {}
-        for i, p in enumerate(params):
-            by_dtype.setdefault(p.dtype, []).append(i)
+        by_dtype = indices_by(p.dtype for p in params)
         self.plans = []
         for indices in by_dtype.values():
             slots = {s.name: ([state[s.name][i] for i in indices] if s.active(hyper) else None) for s in spec.slots}

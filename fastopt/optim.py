@@ -171,9 +171,7 @@ class Optimizer:
 
     def _build_updates(self, index: int, hyper: dict):
         """One FusedUpdate per distinct step count (params normally share one: then a single update)."""
-        by_step: dict[int, list[int]] = {}
-        for i, s in enumerate(self._steps[index]):
-            by_step.setdefault(s, []).append(i)
+        by_step = functional.indices_by(self._steps[index])
         arrays, state = self._arrays[index], self._state[index]
         updates = []
         for indices in by_step.values():
