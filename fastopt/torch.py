@@ -1,0 +1,569 @@
+"""torch.optim drop-ins: every fastopt optimizer as a real `torch.optim.Optimizer` subclass.
+
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
+    loss.backward(); opt.step(); opt.zero_grad()
+
+CPU tensors reach the fused Numba kernels through zero-copy NumPy views; CUDA tensors reach the cuda backend (CuPy
+views, launched on torch's current stream; that path has not been run on a GPU yet). Param groups, closures,
+`zero_grad`, hooks, `torch.optim.lr_scheduler`, `torch.amp.GradScaler` and `state_dict` work as in torch.optim:
+the state dict has torch's exact layout (the same state names, `step` stored as torch stores it for that optimizer),
+so checkpoints move between `torch.optim.X` and `fastopt.torch.X` both ways. `to_torch_state_dict` and
+`from_torch_state_dict` convert between this layout and the NumPy classes' (`fastopt.X.state_dict()`).
+
+This module imports torch; `import fastopt` does not import this module.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from functools import cache
+
+import numpy as np
+import torch
+
+from fastopt import dispatch, functional
+from fastopt.specs import SHORTHANDS, SPECS, OptimizerSpec
+
+# torch's implementation switches: any value is accepted (fastopt always runs its own fused kernels) and kept in the
+# param groups, so the state dict reads as torch's.
+_IMPLEMENTATION_KEYS = ("foreach", "fused")
+
+
+@cache
+def torch_format(class_name: str) -> dict:
+    """How torch.optim.<class_name> lays out its state and param groups, read from torch itself (one tiny step).
+
+    {"has_step": does each param's state hold `step`, "step_dtype", "eager": is state created at construction
+    (Adagrad), "extras": param-group keys torch has beyond fastopt's hyperparameters, with torch's defaults}.
+    Optimizers torch lacks get Adam's conventions (a float32 `step` tensor) and no extras.
+    """
+    cls = getattr(torch.optim, class_name, None)
+    spec = _spec_for(class_name)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        return {"has_step": True, "step_dtype": torch.float32, "eager": False, "extras": {}}
+    p = torch.zeros(1, requires_grad=True)
+    probe = cls([p], lr=1e-3)
+    eager = bool(probe.state)
+    p.grad = torch.ones(1)
+    probe.step()
+    step = probe.state[p].get("step") if p in probe.state else None
+    hypers = {h.name for h in spec.hypers} if spec else set()
+    extras = {k: v for k, v in probe.param_groups[0].items() if k not in hypers and k not in ("params", "lr")}
+    return {"has_step": step is not None,
+            "step_dtype": step.dtype if isinstance(step, torch.Tensor) else torch.float32,
+            "eager": eager, "extras": extras}
+
+
+def _spec_for(class_name: str) -> OptimizerSpec | None:
+    for spec in SPECS.values():
+        if spec.class_name == class_name:
+            return spec
+    return None
+
+
+def _plain(value):
+    """Hyperparameters as Python numbers: torch allows tensor lr/betas; fastopt's kernels take floats."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return value  # left for the spec's check to refuse by name
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def _checked_step(value, where: str) -> int:
+    """A saved `step` as an int, or ValueError naming the entry (NaN, inf, negative, fractional, absurd)."""
+    number = value
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)) and (
+            value.numel() if isinstance(value, torch.Tensor) else value.size) == 1:
+        number = value.item()
+    if not isinstance(number, numbers.Real) or isinstance(number, bool) or not math.isfinite(number) \
+            or number < 0 or number != int(number) or number > 2 ** 53:
+        raise ValueError(f"{where}: expected a whole number of steps in [0, 2**53], got {value!r}")
+    return int(number)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor in memory order (elementwise updates only need p, grad and state to share it)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
+    permuted = t.permute(order)
+    if not permuted.is_contiguous():
+        raise ValueError("expected a dense tensor (no gaps or overlaps between elements)")
+    return permuted.view(-1)
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.stride() == b.stride() or (a.is_contiguous() and b.is_contiguous())
+
+
+def _like(param: torch.Tensor, value: torch.Tensor, dtype) -> torch.Tensor:
+    """`value` copied into a tensor with `param`'s layout and device, of `dtype` (no copy when it already is one)."""
+    if value.dtype == dtype and value.device == param.device and _same_layout(value, param):
+        return value
+    out = torch.empty_like(param, dtype=dtype)
+    out.copy_(value)
+    return out
+
+
+class _Run:
+    """One FusedUpdate over the params of a group that share a device and a step count."""
+
+    def __init__(self, update, positions, backend, step, step_tensors, keep):
+        self.update, self.positions, self.backend = update, positions, backend
+        self.step, self.step_tensors = step, step_tensors
+        self.keep = keep  # every tensor whose memory the plan's address tables point into
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of the generated classes: `spec` says which optimizer, `default_overrides` change its defaults."""
+
+    spec: OptimizerSpec
+    default_overrides: dict = {}  # noqa: RUF012 - read only, replaced per class
+
+    def __init__(self, params, *, backend: str | None = None, **hyperparameters):
+        fmt = self._format()
+        extras = dict(fmt["extras"])
+        known = {h.name for h in self.spec.hypers}
+        for key in hyperparameters:
+            if key not in known and key not in extras:
+                raise TypeError(f"{type(self).__name__}: unknown argument {key!r}; expected one of "
+                                f"{sorted(known | set(extras))} or backend")
+        defaults = functional.with_defaults(
+            self.spec, {**self.default_overrides, **{k: v for k, v in hyperparameters.items() if k in known}})
+        extras.update({k: v for k, v in hyperparameters.items() if k in extras})
+        self._check_extras(extras, "")
+        if backend is not None:
+            dispatch.get_backend(backend)  # ValueError naming the choices
+        self._requested_backend = backend
+        self._plans: dict[int, tuple] = {}
+        super().__init__(params, {**defaults, **extras})
+        if fmt["eager"]:  # torch's Adagrad creates its state at construction
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._new_state(p, self._hyper(group, "param_groups"))
+
+    @classmethod
+    def _format(cls) -> dict:
+        return torch_format(cls.spec.class_name)
+
+    def _check_extras(self, group: dict, where: str) -> None:
+        for key, default in self._format()["extras"].items():
+            if key not in group:
+                continue
+            value = group[key]
+            if key in _IMPLEMENTATION_KEYS:
+                if value is not None and not isinstance(value, bool):
+                    raise TypeError(f"{where}{key}: expected None, True or False, got {value!r}")
+            elif value != default:
+                raise ValueError(f"{where}{key}={value!r} is not supported by fastopt.torch."
+                                 f"{type(self).__name__} (only {default!r})")
+
+    # ---- param groups -------------------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group, after checking the hyperparameters and that fastopt can update the params."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
+        where = f"param_groups[{len(self.param_groups)}]"
+        merged = {**self.defaults, **param_group}
+        hyper = {h.name: _plain(merged[h.name]) for h in self.spec.hypers}
+        try:
+            self.spec.validate(hyper)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from None
+        self._check_extras(merged, f"{where}: ")
+        params = param_group.get("params")
+        params = [params] if isinstance(params, torch.Tensor) else list(params) if params is not None else []
+        for i, p in enumerate(params):
+            if isinstance(p, tuple) and len(p) == 2:  # named parameters: (name, tensor)
+                p = p[1]
+            if isinstance(p, torch.Tensor):
+                self._check_param(p, f"{where}['params'][{i}]")
+        super().add_param_group(param_group)
+        self._plans.pop(len(self.param_groups) - 1, None)
+
+    def _check_param(self, p: torch.Tensor, where: str) -> None:
+        if p.layout != torch.strided:
+            raise TypeError(f"{where}: expected a dense tensor, got layout {p.layout}")
+        if p.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"{where}: fastopt updates CPU and CUDA tensors, got a {p.device.type} tensor")
+        if p.device.type == "cpu" and p.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{where}: fastopt updates float32 and float64 CPU tensors, got {p.dtype}")
+        if p.device.type == "cuda" and p.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{where}: fastopt updates float16, bfloat16, float32 and float64 CUDA tensors, "
+                            f"got {p.dtype}")
+        try:
+            _flat(p)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+    def _hyper(self, group: dict, where: str) -> dict:
+        try:
+            hyper = {h.name: _plain(group[h.name]) for h in self.spec.hypers}
+        except KeyError as error:
+            raise ValueError(f"{where}: missing hyperparameter {error.args[0]!r}") from None
+        try:
+            self.spec.validate(hyper)  # param groups are live (schedulers, users): check edits
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from None
+        return hyper
+
+    # ---- pickling and load_state_dict: plans are rebuilt, never shared ---------------------------------------------
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_requested_backend": self._requested_backend}
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        backend = state.pop("_requested_backend", getattr(self, "_requested_backend", None))
+        super().__setstate__(state)
+        self._requested_backend = backend
+        self._plans = {}
+        for group in self.param_groups:  # old checkpoints may lack some keys; torch fills them the same way
+            for key, value in {**self.spec.defaults, **self.default_overrides, **self._format()["extras"]}.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict, after checking the saved state fits this optimizer: nothing changes on error."""
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+        self._plans = {}
+
+    def _check_loadable(self, state_dict) -> None:
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict: has {len(saved_groups)} param groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        fmt = self._format()
+        allowed = {s.name for s in self.spec.slots} | ({"step"} if fmt["has_step"] else set())
+        class_defaults = {**self.spec.defaults, **self.default_overrides}
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            where = f"state_dict['param_groups'][{g}]"
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(f"{where}: has {len(saved.get('params', ()))} params, this optimizer's group "
+                                 f"{len(group['params'])}")
+            hyper = {h.name: _plain(saved.get(h.name, class_defaults[h.name])) for h in self.spec.hypers}
+            try:
+                self.spec.validate(hyper)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{where}: {error}") from None
+            self._check_extras(saved, f"{where}: ")
+            active = {s.name for s in self.spec.active_slots(hyper)}
+            for key, p in zip(saved["params"], group["params"]):
+                entry = state_dict["state"].get(key)
+                if entry is None:
+                    continue
+                at = f"state_dict['state'][{key!r}]"
+                if not isinstance(entry, dict):
+                    raise TypeError(f"{at}: expected a dict, got {type(entry).__name__}")
+                unknown = sorted(set(entry) - allowed, key=str)
+                if unknown:
+                    raise ValueError(f"{at}: {unknown} are not state of {type(self).__name__} (expected "
+                                     f"{sorted(allowed)}): a state dict of another optimizer?")
+                step = _checked_step(entry["step"], f"{at}['step']") if "step" in entry else 0
+                for name in allowed - {"step"}:
+                    value = entry.get(name)
+                    if value is None:
+                        if name in active and step > 0:
+                            raise ValueError(f"{at}: {name!r} is missing but step is {step}; the state is "
+                                             "incomplete (starting it from zeros would change the trajectory)")
+                        continue
+                    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                        raise TypeError(f"{at}[{name!r}]: expected a floating-point tensor, got "
+                                        f"{getattr(value, 'dtype', type(value).__name__)}")
+                    if value.shape != p.shape:
+                        raise ValueError(f"{at}[{name!r}]: has shape {tuple(value.shape)}, the param has "
+                                         f"{tuple(p.shape)}")
+                if fmt["has_step"] and "step" not in entry and any(entry.get(n) is not None for n in active):
+                    raise ValueError(f"{at}: has state but no 'step'")
+
+    # ---- the step ---------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused update of every param that has a gradient; returns closure()'s loss when a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Check everything (hyperparameters, grads) for every group before any state is created or updated.
+        work = []
+        for index, group in enumerate(self.param_groups):
+            hyper = self._hyper(group, f"param_groups[{index}]")
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                self._check_grad(p, index, group)
+            if params:
+                work.append((index, hyper, params))
+        plans = [(self._plan(index, hyper, params), hyper, params) for index, hyper, params in work]
+        for plan, hyper, params in plans:
+            grads = [self._grad_view(p) for p in params]
+            for run in plan[1]:
+                step = run.step + 1
+                if run.backend.name == "cuda":
+                    _run_on_torch_stream(run, [grads[i] for i in run.positions], hyper, step)
+                else:
+                    run.update.run([grads[i] for i in run.positions], hyper, step)
+                run.step = step
+                if run.step_tensors:
+                    torch._foreach_add_(run.step_tensors, 1.0)
+        return loss
+
+    def _check_grad(self, p, index, group) -> None:
+        g = p.grad
+        if g.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            position = next(i for i, q in enumerate(group["params"]) if q is p)
+            raise ValueError(f"param_groups[{index}]['params'][{position}].grad: expected shape {tuple(p.shape)}, "
+                             f"{p.dtype} on {p.device} like the param, got {tuple(g.shape)}, {g.dtype} on {g.device}")
+
+    @staticmethod
+    def _grad_view(p):
+        g = p.grad
+        if not _same_layout(g, p):
+            g = _like(p, g, g.dtype)  # torch allows any grad strides; the kernel needs the param's memory order
+        flat = _flat(g.detach())
+        return flat.numpy() if flat.device.type == "cpu" else flat
+
+    def _key(self, params, hyper) -> tuple:
+        """What a plan depends on: the params (and their memory), which have grads, their state tensors, flags."""
+        state = self.state
+        return (self.spec.flags(hyper),
+                tuple((p, p.data_ptr(), p.dtype, p.numel(), *map(id, state[p].values())) if p in state
+                      else (p, p.data_ptr(), p.dtype, p.numel()) for p in params))
+
+    def _plan(self, index: int, hyper: dict, params: list) -> tuple:
+        key = self._key(params, hyper)
+        cached = self._plans.get(index)
+        if cached is not None and cached[0] == key:
+            return cached
+        runs = self._build(index, hyper, params)
+        plan = self._plans[index] = (self._key(params, hyper), runs)  # state now exists: key it as it is
+        return plan
+
+    def _new_state(self, p, hyper) -> dict:
+        state = {}
+        if self._format()["has_step"]:
+            state["step"] = torch.tensor(0.0, dtype=self._format()["step_dtype"])
+        for slot in self.spec.active_slots(hyper):
+            state[slot.name] = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p),
+                                               memory_format=torch.preserve_format)
+        if state:  # like torch: SGD without momentum keeps no state at all
+            self.state[p] = state
+        return state
+
+    @staticmethod
+    def _state_dtype(p):
+        # the cuda backend keeps float16/bfloat16 params' state in float32 (torch keeps it in the param's dtype)
+        return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+    def _build(self, index: int, hyper: dict, params: list) -> list:
+        fmt = self._format()
+        active = self.spec.active_slots(hyper)
+        labels = [f"param_groups[{index}]['params'][{i}]" for i, _ in enumerate(params)]
+        steps, views, seen_steps = [], [], set()
+        for p, label in zip(params, labels):
+            self._check_param(p, label)
+            created = not self.state.get(p)
+            state = self._new_state(p, hyper) if created else self.state[p]
+            step_value, step_t = 0, None
+            if fmt["has_step"]:
+                step_t = state.get("step")
+                step_value = _checked_step(0 if step_t is None else step_t, f"state of {label}: 'step'")
+                if not isinstance(step_t, torch.Tensor) or id(step_t) in seen_steps or step_t.device.type != "cpu":
+                    # a number, a tensor shared with another param (each must count alone) or a device tensor
+                    step_t = state["step"] = torch.tensor(float(step_value), dtype=fmt["step_dtype"])
+                seen_steps.add(id(step_t))
+            for slot in active:
+                value = state.get(slot.name)
+                if value is None:
+                    if step_value > 0:
+                        raise ValueError(f"state of {label}: {slot.name!r} is missing but step is {step_value}")
+                    value = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p))
+                    created = True
+                state[slot.name] = _like(p, value, self._state_dtype(p))  # torch's load casts; the kernel can't
+            # torch's SGD stores no step: its first step is the one that creates the momentum buffer.
+            steps.append((step_value, step_t) if fmt["has_step"] else (0 if created else 1, None))
+            views.append([_flat(p.detach())] + [_flat(state[s.name].detach()) for s in active])
+        runs = []
+        groups = functional.indices_by((p.device, step) for p, (step, _) in zip(params, steps))
+        for (device, step), positions in groups.items():
+            tensors = [views[i] for i in positions]
+            arrays = [[t.numpy() if device.type == "cpu" else t for t in row] for row in tensors]
+            param_arrays = [row[0] for row in arrays]
+            backend = dispatch.choose_backend(param_arrays, self._requested_backend)
+            param_arrays = [backend.as_array(a) for a in param_arrays]
+            state_lists = {s.name: [backend.as_array(row[1 + j]) for row in arrays] for j, s in enumerate(active)}
+            names = [labels[i] for i in positions]
+            every = param_arrays + [a for arrs in state_lists.values() for a in arrs]
+            functional.check_params(every, backend, names + [f"state {s} of {n}" for s in state_lists for n in names])
+            functional.check_state(self.spec, hyper, param_arrays, state_lists, backend, names)
+            if device.type == "cuda":
+                with _torch_stream(device):
+                    update = functional.FusedUpdate(self.spec, param_arrays, state_lists, hyper, backend)
+            else:
+                update = functional.FusedUpdate(self.spec, param_arrays, state_lists, hyper, backend)
+            step_tensors = [steps[i][1] for i in positions if steps[i][1] is not None]
+            runs.append(_Run(update, positions, backend, step, step_tensors, keep=(tensors, arrays)))
+        return runs
+
+
+# ---- CUDA: launch on torch's current stream (not yet run on a GPU) ---------------------------------------------------
+
+def _torch_stream(device):
+    import cupy
+
+    stream = torch.cuda.current_stream(device)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device.index if device.index is not None else -1)
+
+
+def _run_on_torch_stream(run, grads, hyper, step):
+    device = grads[0].device if grads else torch.device("cuda")
+    with _torch_stream(device):
+        run.update.run(grads, hyper, step)
+
+
+# ---- the classes, one per spec and shorthand -----------------------------------------------------------------------
+
+def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict) -> type:
+    defaults = {**spec.defaults, **overrides}
+    in_torch = hasattr(torch.optim, spec.class_name)
+    doc = (f"{class_name}: fused {spec.name} as a torch.optim.Optimizer"
+           + (f" (torch.optim.{spec.class_name}'s semantics and state dict)" if in_torch else "") + ".\n\n"
+           f"{class_name}(params, *, backend=None, " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()) + ")\n"
+           f"State per param: step, {', '.join(s.name for s in spec.slots)} (each only when used).")
+    return type(class_name, (Optimizer,), {"spec": spec, "default_overrides": overrides, "__doc__": doc,
+                                           "__module__": __name__, "__qualname__": class_name})
+
+
+OPTIMIZERS: dict[str, type] = {name: _make_class(spec.class_name, spec, {}) for name, spec in SPECS.items()}
+OPTIMIZERS.update({name.lower(): _make_class(name, spec, overrides) for name, (spec, overrides) in SHORTHANDS.items()})
+globals().update({cls.__name__: cls for cls in OPTIMIZERS.values()})
+
+
+# ---- state dict conversion: fastopt's NumPy classes <-> torch ------------------------------------------------------
+
+def _class_name_of(optimizer) -> str:
+    if isinstance(optimizer, Optimizer):
+        return optimizer.spec.class_name
+    for cls in type(optimizer).__mro__:
+        if cls.__module__.startswith("torch.optim") and cls is not torch.optim.Optimizer:
+            return cls.__name__
+    raise TypeError(f"optimizer: expected a torch.optim or fastopt.torch optimizer, got {type(optimizer).__name__}")
+
+
+def to_torch_state_dict(state_dict: dict, optimizer) -> dict:
+    """A `fastopt.X(...).state_dict()` (NumPy arrays, int steps) as the state dict `optimizer.load_state_dict`
+    takes, where `optimizer` is a `torch.optim.X` or `fastopt.torch.X` over the same params in the same order.
+
+    State arrays become tensors (load_state_dict casts them to each param's dtype and device), `step` becomes what
+    torch stores (a float32 tensor; nothing for SGD), and the param groups gain torch's extra keys with the values
+    `optimizer` has.
+    """
+    class_name = _class_name_of(optimizer)
+    spec = _spec_for(class_name)
+    if spec is None:
+        raise ValueError(f"optimizer: fastopt has no {class_name}")
+    fmt = torch_format(class_name)
+    state, groups = _checked_shape(state_dict)
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"state_dict: has {len(groups)} param groups, optimizer {len(optimizer.param_groups)}")
+    slots = {s.name for s in spec.slots}
+    new_state = {}
+    for key, entry in state.items():
+        unknown = set(entry) - slots - {"step"}
+        if unknown:
+            raise ValueError(f"state_dict['state'][{key!r}]: {sorted(unknown)} are not state of {class_name}")
+        step = _checked_step(entry.get("step", 0), f"state_dict['state'][{key!r}]['step']")
+        converted = {name: torch.tensor(np.asarray(value)) for name, value in entry.items()
+                     if name in slots and value is not None}
+        if fmt["has_step"]:
+            converted = {"step": torch.tensor(float(step), dtype=fmt["step_dtype"]), **converted}
+        if converted:  # torch keeps no entry where it has nothing to keep (SGD without momentum)
+            new_state[key] = converted
+    new_groups = []
+    for saved, target in zip(groups, optimizer.param_groups):
+        group = {k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "param_names"}
+        if "param_names" in target and "param_names" in saved:
+            group["param_names"] = list(saved["param_names"])
+        for k in fmt["extras"]:
+            if k in target:
+                group.setdefault(k, target[k])
+        new_groups.append(group)
+    return {"state": new_state, "param_groups": new_groups}
+
+
+def from_torch_state_dict(state_dict: dict, optimizer) -> dict:
+    """A `torch.optim.X` (or `fastopt.torch.X`) state dict as the state dict `optimizer.load_state_dict` takes,
+    where `optimizer` is a `fastopt.X` (NumPy classes) over the same params in the same order.
+
+    Tensors become NumPy copies (bfloat16 and float16 as float32... of the param's dtype on load), `step` an int;
+    torch's SGD saves no step, so a saved momentum buffer counts as one step taken (torch's SGD starts a fresh
+    buffer only when it has none). torch's implementation keys are dropped, after checking that none of them
+    changes the arithmetic (e.g. `decoupled_weight_decay` must match Adam/AdamW).
+    """
+    spec = getattr(optimizer, "spec", None)
+    if spec is None or isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a fastopt optimizer (fastopt.Adam, ...), got {type(optimizer).__name__}")
+    fmt = torch_format(spec.class_name)
+    state, groups = _checked_shape(state_dict)
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"state_dict: has {len(groups)} param groups, optimizer {len(optimizer.param_groups)}")
+    hypers = {h.name for h in spec.hypers}
+    new_groups = []
+    for g, saved in enumerate(groups):
+        for key, default in fmt["extras"].items():
+            if key in saved and key not in _IMPLEMENTATION_KEYS and saved[key] != default:
+                raise ValueError(f"state_dict['param_groups'][{g}]: {key}={saved[key]!r} has no fastopt "
+                                 f"{spec.class_name} equivalent (only {default!r})")
+        group = {k: _plain(v) for k, v in saved.items() if k in hypers}
+        group["params"] = list(saved["params"])
+        if "param_names" in saved and "param_names" in optimizer.param_groups[g]:
+            group["param_names"] = list(saved["param_names"])
+        new_groups.append(group)
+    slots = {s.name for s in spec.slots}
+    new_state = {}
+    for key, entry in state.items():
+        at = f"state_dict['state'][{key!r}]"
+        unknown = set(entry) - slots - {"step"}
+        if unknown:
+            raise ValueError(f"{at}: {sorted(unknown)} are not state of {spec.class_name}")
+        converted = {}
+        for name, value in entry.items():
+            if name == "step" or value is None:
+                continue
+            tensor = value.detach().cpu()
+            if tensor.dtype in (torch.float16, torch.bfloat16):
+                tensor = tensor.float()
+            converted[name] = tensor.numpy().copy()
+        if "step" in entry:
+            step = _checked_step(entry["step"], f"{at}['step']")
+        else:
+            step = 1 if converted else 0
+        if converted or step:
+            new_state[key] = {"step": step, **converted}
+    return {"state": new_state, "param_groups": new_groups}
+
+
+def _checked_shape(state_dict):
+    if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) \
+            or not isinstance(state_dict.get("param_groups"), (list, tuple)):
+        raise TypeError("state_dict: expected a dict with 'state' (a dict) and 'param_groups' (a list)")
+    for key, entry in state_dict["state"].items():
+        if not isinstance(entry, dict):
+            raise TypeError(f"state_dict['state'][{key!r}]: expected a dict, got {type(entry).__name__}")
+    for g, group in enumerate(state_dict["param_groups"]):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"state_dict['param_groups'][{g}]: expected a dict with 'params'")
+    return state_dict["state"], state_dict["param_groups"]
+
+
+__all__ = ["OPTIMIZERS", "Optimizer", "from_torch_state_dict", "to_torch_state_dict", "torch_format",
+           *(cls.__name__ for cls in OPTIMIZERS.values())]
