@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 
 BACKEND_NAMES = ("numpy", "cpu", "cuda")
@@ -29,6 +30,20 @@ def available_backends() -> dict[str, str | None]:
     return {name: get_backend(name).unavailable_reason() for name in BACKEND_NAMES}
 
 
+def environment_backend() -> str | None:
+    """FASTOPT_BACKEND, or None when unset or empty."""
+    return os.environ.get("FASTOPT_BACKEND") or None
+
+
+def hint(array) -> str:
+    """What to pass instead of `array`, for the mistakes a first-time user makes ('' when there is nothing to say)."""
+    module = type(array).__module__ or ""
+    if module.split(".")[0] == "torch" and getattr(getattr(array, "device", None), "type", None) == "cpu":
+        return ("; a torch CPU tensor is not a NumPy array: pass p.detach().numpy() (a zero-copy NumPy view, "
+                "e.g. [p.detach().numpy() for p in model.parameters()]), or use the torch drop-ins fastopt.torch.*")
+    return ""
+
+
 def _family_of(array) -> str:
     """'numpy' for NumPy arrays, 'cuda' for CUDA arrays; TypeError for anything else."""
     if get_backend("numpy").owns(array):
@@ -36,7 +51,16 @@ def _family_of(array) -> str:
     if get_backend("cuda").owns(array):
         return "cuda"
     raise TypeError(f"expected a NumPy array or a CUDA array (CuPy, or anything with __cuda_array_interface__ "
-                    f"or a CUDA __dlpack__), got {type(array).__name__}")
+                    f"or a CUDA __dlpack__), got {type(array).__name__}{hint(array)}")
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside fastopt, so that a warning points at the user's line."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1  # level 1: the caller of this function (the one that warns)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def choose_backend(arrays, requested: str | None = None):
@@ -50,8 +74,10 @@ def choose_backend(arrays, requested: str | None = None):
     family = families.pop()
     source = "backend="
     if requested is None:
-        requested = os.environ.get("FASTOPT_BACKEND") or None
-        source = "FASTOPT_BACKEND="
+        requested = environment_backend()
+        source = "the environment variable FASTOPT_BACKEND="
+        if requested is not None and requested not in BACKEND_NAMES:
+            raise ValueError(f"{source}{requested!r}: expected one of {BACKEND_NAMES} (or unset it)")
     if requested is not None:
         backend = get_backend(requested)
         if not backend.owns(arrays[0]):
@@ -72,6 +98,6 @@ def choose_backend(arrays, requested: str | None = None):
         return cpu
     if not _warned_fallback:
         warnings.warn(f"fastopt: the fused cpu backend is unavailable ({reason}); using the NumPy reference, "
-                      "which is correct but several times slower", RuntimeWarning, stacklevel=3)
+                      "which is correct but several times slower", RuntimeWarning, stacklevel=_user_stacklevel())
         _warned_fallback = True
     return get_backend("numpy")

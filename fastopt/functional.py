@@ -4,14 +4,21 @@
     for step in range(1, n + 1):
         fastopt.functional.adam(params, grads, state, step=step, lr=1e-3)
 
-`update` (and one function per optimizer, named after it) is a one-shot call; `FusedUpdate` keeps what the backend
-prepared (tables, typed lists, compiled kernels) from one step to the next, and is what `fastopt.optim` uses.
-Everything is checked before any kernel runs, so bad input raises and changes nothing.
+`update` (and one function per optimizer, named after it) checks everything, then runs a prepared `FusedUpdate`.
+Prepared updates are cached, keyed on the identities of the params and state arrays (which the cache holds, so an
+id is never reused while cached) and the kernel flags: an optax-style loop that passes the same arrays every step
+costs what the classes cost. Everything is checked before any kernel runs, so bad input raises and changes nothing.
+
+SGD follows torch: it keeps no step count, and its first step is the one that creates the momentum buffer
+(`init_state("sgd", ...)` returns no buffer; the first `sgd(...)` call adds it to `state`). Its `step` is ignored.
 """
 
 from __future__ import annotations
 
 import itertools
+import operator
+import threading
+from collections import OrderedDict
 
 from fastopt import dispatch
 from fastopt.specs import SPECS, OptimizerSpec
@@ -26,10 +33,10 @@ def get_spec(optimizer) -> OptimizerSpec:
 
 
 def with_defaults(spec: OptimizerSpec, hyper: dict) -> dict:
-    """The hyperparameters with defaults filled in, validated."""
+    """The hyperparameters with defaults filled in, validated, as the kernels take them (floats, bools)."""
     full = {**spec.defaults, **hyper}
     spec.validate(full)
-    return full
+    return spec.normalize(full)
 
 
 def indices_by(keys) -> dict:
@@ -57,12 +64,32 @@ def _is_contiguous(array) -> bool:
         return array.is_contiguous()     # torch
 
 
+def _check_disjoint(arrays, names) -> None:
+    """No two of `arrays` share memory (kernels read and write each in place, through raw addresses)."""
+    ranges = []
+    for name, a in zip(names, arrays):
+        memory = _memory_range(a)
+        if memory is not None and a.size:
+            ranges.append((memory[0], memory[1], name))
+    ranges.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
+        if start < end:
+            raise ValueError(f"{first} and {second} share memory: each parameter and state array must be its own "
+                             "array")
+
+
+def _check_writable(array, name, what) -> None:
+    memory = _memory_range(array)
+    if memory is not None and memory[2]:
+        raise ValueError(f"{name}: the array is read-only; an optimizer must update its {what} in place")
+
+
 def check_params(params, backend, names) -> None:
     """Floating point of a dtype the backend supports, writable, C-contiguous, and no memory shared between two."""
-    ranges = []
     for name, p in zip(names, params):
         if not backend.owns(p):
-            raise TypeError(f"{name}: expected an array the {backend.name} backend updates, got {type(p).__name__}")
+            raise TypeError(f"{name}: expected an array the {backend.name} backend updates, got {type(p).__name__}"
+                            f"{dispatch.hint(p)}")
         try:
             backend.state_dtype(p.dtype)  # the backend knows which dtypes it updates (cuda: bfloat16 as uint16 bits)
         except TypeError as error:
@@ -71,20 +98,13 @@ def check_params(params, backend, names) -> None:
         if not _is_contiguous(p):
             raise ValueError(f"{name}: expected a C-contiguous array (fused kernels update memory in place); "
                              "pass a contiguous copy and train that")
-        memory = _memory_range(p)
-        if memory is not None:
-            if memory[2]:
-                raise ValueError(f"{name}: the array is read-only; an optimizer must update it in place")
-            if p.size:
-                ranges.append((memory[0], memory[1], name))
-    ranges.sort()
-    for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
-        if start < end:
-            raise ValueError(f"{first} and {second} share memory: each parameter must be its own array")
+        _check_writable(p, name, "params")
+    _check_disjoint(params, names)
 
 
 def check_grads(grads, params, names, grad_names) -> None:
-    """One array per param, of the param's array type, shape and dtype, and C-contiguous.
+    """One array per param, of the param's array kind, shape and dtype, and C-contiguous. Any NumPy array (a memmap,
+    an np.matrix, ...) is a valid grad for a NumPy param: kernels see plain ndarray views.
 
     `names` and `grad_names` are sequences or callables index -> name: names are only built when something is wrong,
     because this runs every step over every tensor.
@@ -92,8 +112,15 @@ def check_grads(grads, params, names, grad_names) -> None:
     if len(grads) != len(params):
         raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
     for i, (p, g) in enumerate(zip(params, grads)):
-        if type(g) is not type(p) or g.shape != p.shape or g.dtype != p.dtype or not _is_contiguous(g):
+        if (type(g) is not type(p) and not _both_numpy(p, g)) or g.shape != p.shape or g.dtype != p.dtype \
+                or not _is_contiguous(g):
             _explain_bad_grad(p, g, _name(names, i), _name(grad_names, i))
+
+
+def _both_numpy(p, g) -> bool:
+    import numpy as np
+
+    return isinstance(p, np.ndarray) and isinstance(g, np.ndarray)
 
 
 def _name(names, i):
@@ -103,51 +130,100 @@ def _name(names, i):
 def _explain_bad_grad(p, g, pname, gname):
     if g is None:
         raise TypeError(f"{gname}: gradient is None; every param needs a gradient")
-    if type(g) is not type(p):
-        raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}")
+    if not hasattr(g, "shape") or not hasattr(g, "dtype") or (type(g) is not type(p) and not _both_numpy(p, g)):
+        raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}"
+                        f"{dispatch.hint(g)}")
     if g.shape != p.shape:
         raise ValueError(f"{gname}: expected shape {tuple(p.shape)} like {pname}, got {tuple(g.shape)}")
     if g.dtype != p.dtype:
-        raise TypeError(f"{gname}: expected dtype {p.dtype} like {pname}, got {g.dtype}")
+        raise TypeError(f"{gname}: expected dtype {p.dtype} like {pname}, got {g.dtype}; convert it, e.g. "
+                        f"grad.astype({p.dtype.name!r})")
     raise ValueError(f"{gname}: expected a C-contiguous array")
 
 
 # ---- state ----------------------------------------------------------------------------------------------------------
 
+VECTOR_BYTES = 16  # the widest vector access of the kernels (CUDA: 16-byte loads)
+
+
 def init_state(optimizer, params, backend=None, **hyper) -> dict:
-    """Fresh state: slot name -> list of arrays (one per param), for the slots these hyperparameters use."""
+    """Fresh state: slot name -> list of arrays (one per param), for the slots these hyperparameters use (SGD's
+    momentum buffer excepted: as in torch, the first step creates it)."""
     spec = get_spec(optimizer)
     hyper = with_defaults(spec, hyper)
     backend = dispatch.choose_backend(list(params), backend)
     arrays = [backend.as_array(p) for p in params]
-    return {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)}
+    return {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)
+            if slot.name != spec.first_step_slot}
+
+
+def _element_offset(array, width: int) -> int:
+    """The array's first element's index modulo `width`, counted in its own elements (0 when unknown)."""
+    memory = _memory_range(array)
+    return 0 if memory is None else (memory[0] // array.dtype.itemsize) % width
 
 
 def state_arrays(backend, params, value) -> list:
-    """One state array per param, filled with `value`: views of one contiguous buffer per state dtype, in params'
-    order. Params that are views of one buffer (`fastopt.flatten`) then have state laid out the same way, and a
-    backend can update the whole group as one span of memory (the cuda backend's flat path)."""
+    """One state array per param, filled with `value`: views of one buffer per state dtype, in params' order.
+
+    Each view starts at its param's element offset modulo the vector width (16 bytes of state), so a param and its
+    state are either both aligned for vector access or misaligned alike, and the kernels' vector body covers every
+    element but heads and tails. Params laid out back to back (`fastopt.flatten`) get state back to back too (the
+    offsets then follow by themselves), and a backend can update the whole group as one span of memory.
+    """
     arrays: list = [None] * len(params)
     for dtype, indices in indices_by(backend.state_dtype(p.dtype) for p in params).items():
-        buffer = backend.full_like(params[indices[0]], value, dtype, size=sum(int(params[i].size) for i in indices))
-        offset = 0
+        width = max(1, VECTOR_BYTES // _itemsize(dtype))
+        offsets, cursor = [], 0
         for i in indices:
-            n = int(params[i].size)
-            arrays[i] = buffer[offset:offset + n].reshape(params[i].shape)
-            offset += n
+            if params[i].size:
+                cursor += (_element_offset(params[i], width) - cursor) % width
+            offsets.append(cursor)
+            cursor += int(params[i].size)
+        # width - 1 spare elements let the first view start at a 16-byte boundary whatever the allocator returned
+        buffer = backend.full_like(params[indices[0]], value, dtype, size=cursor + width - 1)
+        start = (-(_element_offset(buffer, width))) % width
+        for i, offset in zip(indices, offsets):
+            begin = start + offset
+            arrays[i] = buffer[begin:begin + int(params[i].size)].reshape(params[i].shape)
     return arrays
 
 
+def _itemsize(dtype) -> int:
+    import numpy as np
+
+    return np.dtype(dtype).itemsize
+
+
 def check_state(spec, hyper, params, state, backend, names) -> None:
+    """As strict as for params: per active slot one writable, C-contiguous array of the backend's kind, state dtype
+    and the param's shape; no state array shares memory with a param or another state array."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state: expected a dict slot name -> list of arrays (see init_state), got "
+                        f"{type(state).__name__}")
+    every, every_name = list(params), list(names)
     for slot in spec.active_slots(hyper):
         arrays = state.get(slot.name)
-        if arrays is None or len(arrays) != len(params):
-            raise ValueError(f"state[{slot.name!r}]: expected {len(params)} arrays, one per param")
-        for p, s, name in zip(params, arrays, names):
-            if not backend.owns(s) or s.shape != p.shape or s.dtype != backend.state_dtype(p.dtype) \
-                    or not _is_contiguous(s):
-                raise ValueError(f"state[{slot.name!r}] for {name}: expected a contiguous "
-                                 f"{backend.state_dtype(p.dtype)} array of shape {tuple(p.shape)}")
+        if arrays is None and slot.name == spec.first_step_slot:
+            continue  # created by this (first) step
+        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(params):
+            raise ValueError(f"state[{slot.name!r}]: expected a list of {len(params)} arrays, one per param")
+        for i, (p, s, name) in enumerate(zip(params, arrays, names)):
+            where = f"state[{slot.name!r}][{i}]"
+            want = backend.state_dtype(p.dtype)
+            if not backend.owns(s):
+                raise TypeError(f"{where}: expected an array the {backend.name} backend updates, got "
+                                f"{type(s).__name__}")
+            if s.dtype != want:
+                raise TypeError(f"{where}: expected dtype {want} for {name}, got {s.dtype}")
+            if s.shape != p.shape:
+                raise ValueError(f"{where}: expected shape {tuple(p.shape)} like {name}, got {tuple(s.shape)}")
+            if not _is_contiguous(s):
+                raise ValueError(f"{where}: expected a C-contiguous array")
+            _check_writable(s, where, "state")
+            every.append(s)
+            every_name.append(where)
+    _check_disjoint(every, every_name)
 
 
 # ---- the update -----------------------------------------------------------------------------------------------------
@@ -171,30 +247,98 @@ class FusedUpdate:
             plan.run(grads if indices is None else [grads[i] for i in indices], scalars)
 
 
-def update(optimizer, params, grads, state, *, step: int, backend=None, **hyper) -> None:
+class _Prepared:
+    """A cached FusedUpdate with the arrays it was built for (held, so their ids stay theirs) and the grads last
+    checked against them."""
+
+    def __init__(self, held, update, backend):
+        self.held, self.update, self.backend = held, update, backend
+        self.grads: list = []
+        self.grad_views: list = []
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 8
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Drop every prepared update (and the references to arrays it holds)."""
+    with _cache_lock:
+        _CACHE.clear()
+
+
+def update(optimizer, params, grads, state, *, step: int | None = None, backend=None, **hyper) -> None:
     """One step of `optimizer` on `params` (updated in place) and `state` (from `init_state`, updated in place)."""
     spec = get_spec(optimizer)
     hyper = with_defaults(spec, hyper)
     params, grads = list(params), list(grads)
-    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
         raise ValueError(f"step: expected an int >= 1 (the number of this step), got {step!r}")
-    backend = dispatch.choose_backend(params, backend)
+    if step is None and spec.counts_steps:
+        raise TypeError(f"{spec.name}: step is required (an int >= 1, the number of this step)")
+    if not isinstance(state, dict):
+        raise TypeError(f"state: expected a dict slot name -> list of arrays (see init_state), got "
+                        f"{type(state).__name__}")
+    first_slot = spec.first_step_slot
+    creates = first_slot is not None and first_slot in {s.name for s in spec.active_slots(hyper)} \
+        and state.get(first_slot) is None
+    if spec.first_step_slot is not None:
+        step = 1 if creates else 2  # torch: the first step is the one that creates the buffer
+    key = _cache_key(spec, hyper, backend, params, state)
+    with _cache_lock:
+        prepared = _CACHE.get(key)
+        if prepared is not None:
+            _CACHE.move_to_end(key)
+    if prepared is None:
+        prepared = _prepare(spec, hyper, params, grads, state, backend, creates)
+        if creates:  # the buffer joined `state`: key on it
+            key = _cache_key(spec, hyper, backend, params, state)
+    if len(grads) == len(prepared.grads) and all(map(operator.is_, grads, prepared.grads)):
+        views = prepared.grad_views  # the very arrays checked last call (and held since): no re-check
+    else:
+        check_grads(grads, prepared.held[0], "params[{}]".format, "grads[{}]".format)
+        views = [prepared.backend.as_array(g) for g in grads]
+    prepared.update.run(views, hyper, step)
+    prepared.grads, prepared.grad_views = grads, views  # the step ran: now remember what it checked
+    with _cache_lock:
+        _CACHE[key] = prepared
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+def _cache_key(spec, hyper, backend, params, state) -> tuple:
+    slots = tuple(tuple(map(id, state[s.name])) if s.active(hyper) and state.get(s.name) is not None else None
+                  for s in spec.slots)
+    return (spec.name, spec.flags(hyper), backend, dispatch.environment_backend(), tuple(map(id, params)), slots)
+
+
+def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared:
+    backend = dispatch.choose_backend(params, requested)
     names = [f"params[{i}]" for i in range(len(params))]
     check_grads(grads, params, names, "grads[{}]".format)
     arrays = [backend.as_array(p) for p in params]
     check_params(arrays, backend, names)
     check_state(spec, hyper, arrays, state, backend, names)
-    FusedUpdate(spec, arrays, state, hyper, backend).run([backend.as_array(g) for g in grads], hyper, step)
+    if creates:  # everything checked: the first step adds the buffer (zeros: the first step's scalars ignore it)
+        state[spec.first_step_slot] = state_arrays(backend, arrays, 0.0)
+    views = {s.name: [backend.as_array(a) for a in state[s.name]] for s in spec.active_slots(hyper)}
+    held = (params, [list(state[s.name]) for s in spec.active_slots(hyper)])
+    prepared = _Prepared(held, FusedUpdate(spec, arrays, views, hyper, backend), backend)
+    prepared.grads, prepared.grad_views = grads, [backend.as_array(g) for g in grads]  # checked above
+    return prepared
 
 
 def _named(spec: OptimizerSpec):
-    def step_function(params, grads, state, *, step, backend=None, **hyper):
+    def step_function(params, grads, state, *, step=None, backend=None, **hyper):
         update(spec, params, grads, state, step=step, backend=backend, **hyper)
     step_function.__name__ = step_function.__qualname__ = spec.name
+    step_note = ("no step count: the first call (no buffer in state yet) is the first step, as in torch"
+                 if not spec.counts_steps else "step: the number of this step, from 1")
     step_function.__doc__ = (f"One {spec.name} step, in place. Hyperparameters and defaults: {spec.defaults}; "
-                             f"state slots: {[s.name for s in spec.slots]} (see init_state).")
+                             f"state slots: {[s.name for s in spec.slots]} (see init_state); {step_note}.")
     return step_function
 
 
 globals().update({name: _named(spec) for name, spec in SPECS.items()})
-__all__ = ["update", "init_state", "FusedUpdate", *SPECS]
+__all__ = ["FusedUpdate", "clear_cache", "init_state", "update", *SPECS]

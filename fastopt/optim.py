@@ -3,16 +3,26 @@
 
     opt = fastopt.Adam(params, lr=1e-3)      # params: list of arrays, dict name -> array, or list of group dicts
     opt.step(grads)                          # grads in the same structure; params updated in place
+
+`param_groups` are live, as in torch: hyperparameters edited there are validated at the next step, and params
+replaced or appended in `param_groups[i]["params"]` are followed (state kept for the params that stay, created for
+new ones). A step checks every group first and changes nothing when anything is wrong. One optimizer stepped from
+several threads runs one step at a time. Copies (`copy.deepcopy`, `pickle`) own their arrays; plans are rebuilt.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import numbers
 import operator
+import threading
 from typing import ClassVar
 
 from fastopt import dispatch, functional
 from fastopt.specs import SHORTHANDS, SPECS, OptimizerSpec
+
+_MAX_STEP = 2 ** 53  # steps beyond this are not exact in float64 (the scalars' arithmetic): refused on load
 
 
 def _is_array(x) -> bool:
@@ -20,7 +30,7 @@ def _is_array(x) -> bool:
 
 
 def _split_params(params, where="params"):
-    """(arrays, names or None) from a list/tuple of arrays or a dict name -> array."""
+    """(arrays, names or None, labels) from a list/tuple of arrays or a dict name -> array."""
     if isinstance(params, dict):
         names = list(params)
         arrays = list(params.values())
@@ -29,31 +39,52 @@ def _split_params(params, where="params"):
         names, arrays = None, list(params)
         labels = [f"{where}[{i}]" for i in range(len(arrays))]
     else:
+        extra = ""
+        if hasattr(params, "__next__") or inspect.isgenerator(params):
+            extra = (" (an iterator such as model.parameters() is consumed once: pass a list; for a torch model, "
+                     "[p.detach().numpy() for p in model.parameters()], or use the torch drop-ins fastopt.torch.*)")
         raise TypeError(f"{where}: expected a list of arrays, a dict name -> array, or a list of param-group dicts; "
-                        f"got {type(params).__name__}")
+                        f"got {type(params).__name__}{extra}")
     for label, a in zip(labels, arrays):
         if not _is_array(a):
             raise TypeError(f"{label}: expected an array, got {type(a).__name__}")
+        advice = dispatch.hint(a)
+        if advice:
+            raise TypeError(f"{label}: expected a NumPy or CUDA array, got {type(a).__name__}{advice}")
     return arrays, names, labels
+
+
+class _Group:
+    """What the optimizer keeps per param group besides the user-visible dict."""
+
+    def __init__(self, where, params, names, labels, views):
+        self.where = where              # how the group's params are named in messages
+        self.params = tuple(params)     # the user's arrays, as last seen in param_groups[i]["params"]
+        self.names = names              # dict keys when params came as a dict, else None
+        self.labels = labels            # the name of each param in messages
+        self.views = views              # the backend's view of each param (e.g. a plain ndarray of an np.matrix)
+        self.state: dict = {}           # slot -> list of arrays (absent until the first step that uses it)
+        self.steps = [0] * len(views)   # steps taken by each param (SGD: steps since its momentum buffer exists)
+        self.hyper_key = None           # the raw hyperparameter values last validated
+        self.hyper: dict = {}           # ... and their validated, normalized form
+        self.updates = None             # (flags, [(indices, FusedUpdate)]) or None: rebuilt lazily
+        self.grads: tuple = ()          # the grads checked and used by the last step that ran
+        self.grad_views: list = []
 
 
 class Optimizer:
     """Base class: `spec` (an OptimizerSpec) says which optimizer; `default_overrides` change its defaults."""
 
-    spec: OptimizerSpec
+    spec: ClassVar[OptimizerSpec]
     default_overrides: ClassVar[dict] = {}
 
     def __init__(self, params, backend=None, **hyperparameters):
-        self.defaults = functional.with_defaults(self.spec, {**self.default_overrides, **hyperparameters})
+        self.defaults = {**self.spec.defaults, **self.default_overrides, **hyperparameters}
+        self.spec.validate(self.defaults)
         self._requested_backend = backend
         self.param_groups: list[dict] = []
-        self._wheres: list[str] = []         # per group: how its params are named in error messages
-        self._labels: list[list[str]] = []   # per group: the name of each param in error messages
-        self._arrays: list[list] = []        # per group: the backend's view of each param
-        self._state: list[dict] = []         # per group: slot -> list of arrays (absent until the first step)
-        self._steps: list[list[int]] = []    # per group: steps taken by each param
-        self._updates: list = []             # per group: (flags, [(indices, FusedUpdate)]) or None
-        self._checked_grads: list = []       # per group: (the grads last checked, the backend's views) or None
+        self._groups: list[_Group] = []
+        self._lock = threading.RLock()
         self.backend = None
         if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
             for group in params:
@@ -67,7 +98,8 @@ class Optimizer:
 
     def add_param_group(self, group: dict) -> None:
         """Add a group: a dict with "params" (list or dict of arrays) and any hyperparameters to override."""
-        self._add_group(group, f"param_groups[{len(self.param_groups)}]['params']")
+        with self._lock:
+            self._add_group(group, f"param_groups[{len(self.param_groups)}]['params']")
 
     def _add_group(self, group: dict, where: str) -> None:
         if not isinstance(group, dict) or "params" not in group:
@@ -77,44 +109,42 @@ class Optimizer:
             raise ValueError(f"{where}: a param group needs at least one array")
         new = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
         self.spec.validate(new)
-        backend = dispatch.choose_backend(arrays, self._requested_backend)
-        if self.backend is not None and backend is not self.backend:
-            raise TypeError(f"{where}: these arrays need the {backend.name} backend, the optimizer uses "
-                            f"{self.backend.name}; use one optimizer per kind of array")
-        views = [backend.as_array(a) for a in arrays]  # e.g. CuPy views of torch CUDA tensors
-        functional.check_params([v for vs in self._arrays for v in vs] + views, backend,
-                                [label for ls in self._labels for label in ls] + labels)
+        backend, views = self._checked_views(arrays, labels, where, len(self._groups))
         self.backend = backend
         new["params"] = arrays
         if names is not None:
             new["param_names"] = names
         self.param_groups.append(new)
-        self._wheres.append(where)
-        self._labels.append(labels)
-        self._arrays.append(views)
-        self._state.append({})
-        self._steps.append([0] * len(arrays))
-        self._updates.append(None)
-        self._checked_grads.append(None)
+        self._groups.append(_Group(where, arrays, names, labels, views))
 
-    def _hyper(self, group: dict) -> dict:
-        return {h.name: group[h.name] for h in self.spec.hypers}
+    def _checked_views(self, arrays, labels, where, index):
+        """The backend and its views of `arrays` as group `index`, checked against every other group's params."""
+        backend = dispatch.choose_backend(arrays, self._requested_backend)
+        if self.backend is not None and backend is not self.backend:
+            raise TypeError(f"{where}: these arrays need the {backend.name} backend, the optimizer uses "
+                            f"{self.backend.name}; use one optimizer per kind of array")
+        views = [backend.as_array(a) for a in arrays]
+        others = [g for i, g in enumerate(self._groups) if i != index]
+        functional.check_params([v for g in others for v in g.views] + views, backend,
+                                [label for g in others for label in g.labels] + labels)
+        return backend, views
 
     # ---- the step -------------------------------------------------------------------------------------------------
 
-    def _grads_per_group(self, grads) -> list[list]:
-        if len(self.param_groups) == 1:
-            return [self._match(grads, 0, "grads")]
-        if not isinstance(grads, (list, tuple)) or len(grads) != len(self.param_groups):
-            raise TypeError(f"grads: with {len(self.param_groups)} param groups, expected a list with one entry "
+    def _grads_per_group(self, grads, names) -> list[list]:
+        if len(names) == 1:
+            return [self._match(grads, names[0], "grads")]
+        if not isinstance(grads, (list, tuple)) or len(grads) != len(names):
+            raise TypeError(f"grads: with {len(names)} param groups, expected a list with one entry "
                             "per group (each a list or dict like that group's params)")
-        return [self._match(g, i, f"grads[{i}]") for i, g in enumerate(grads)]
+        return [self._match(g, group_names, f"grads[{i}]") for i, (g, group_names) in enumerate(zip(grads, names))]
 
-    def _match(self, grads, index: int, where: str) -> list:
-        names = self.param_groups[index].get("param_names")
+    @staticmethod
+    def _match(grads, names, where: str) -> list:
         if names is None:
             if not isinstance(grads, (list, tuple)):
-                raise TypeError(f"{where}: expected a list of arrays like params, got {type(grads).__name__}")
+                raise TypeError(f"{where}: expected a list of arrays like params, got {type(grads).__name__}"
+                                f"{dispatch.hint(grads)}")
             return list(grads)
         if not isinstance(grads, dict):
             raise TypeError(f"{where}: params were given as a dict, so grads must be a dict with the same names")
@@ -129,141 +159,280 @@ class Optimizer:
 
         A training loop that passes the very grad arrays of the previous step (refilled in place) skips the per-array
         checks and conversions: they were done on those objects, and the optimizer holds them, so they cannot be
-        freed or resized meanwhile. This keeps host time per step to a few us per hundred tensors.
+        freed or resized meanwhile. Calls from several threads run one at a time.
         """
-        per_group = self._grads_per_group(grads)
-        fresh = []  # (group index, grads) of the groups whose grads are not the arrays checked last step
-        for index, (group, group_grads) in enumerate(zip(self.param_groups, per_group)):
-            self.spec.validate(self._hyper(group))  # param_groups are live: check edits
-            checked = self._checked_grads[index]
-            if checked is not None and len(checked[0]) == len(group_grads) \
-                    and all(map(operator.is_, group_grads, checked[0])):
-                continue
-            labels, where = self._labels[index], self._wheres[index]
-            grads_where = "grads" if len(per_group) == 1 else f"grads[{index}]"
-            functional.check_grads(group_grads, group["params"], labels,
-                                   lambda i, labels=labels, where=where, to=grads_where: to + labels[i][len(where):])
-            fresh.append((index, group_grads))
-        for index, group_grads in fresh:  # everything checked: now remember them
-            self._checked_grads[index] = (list(group_grads), [self.backend.as_array(g) for g in group_grads])
-        for index in range(len(self.param_groups)):
-            self._step_group(index, self._checked_grads[index][1])
+        with self._lock:
+            self._step(grads)
 
-    def _step_group(self, index: int, grads: list) -> None:
-        hyper = self._hyper(self.param_groups[index])
+    def _step(self, grads) -> None:
+        groups = self._groups
+        if len(self.param_groups) != len(groups):
+            raise ValueError("param_groups: groups were added or removed by hand; use add_param_group")
+        # 1. Check everything for every group; change nothing.
+        layouts = [self._followed_params(i, group, record)
+                   for i, (group, record) in enumerate(zip(self.param_groups, groups))]
+        per_group = self._grads_per_group(grads, [r.names if lay is None else lay[4]
+                                                  for r, lay in zip(groups, layouts)])
+        work = []
+        for index, (group, record, layout, group_grads) in enumerate(zip(self.param_groups, groups, layouts,
+                                                                          per_group)):
+            hyper = self._validated_hyper(group, record)
+            if layout is None and len(group_grads) == len(record.grads) \
+                    and all(map(operator.is_, group_grads, record.grads)):
+                grad_views = record.grad_views  # the very arrays checked last step, and held since
+            else:
+                params, labels, where = (record.params, record.labels, record.where) if layout is None \
+                    else (layout[0], layout[2], layout[3])
+                to = "grads" if len(per_group) == 1 else f"grads[{index}]"
+                functional.check_grads(group_grads, params, labels,
+                                       lambda i, labels=labels, where=where, to=to: to + labels[i][len(where):])
+                grad_views = [self.backend.as_array(g) for g in group_grads]
+            work.append((layout, hyper, group_grads, grad_views))
+        # 2. Prepare every group (state for new params or slots, plans) without committing anything.
+        prepared = [self._prepared(record, layout, hyper[1]) for record, (layout, hyper, _, _) in zip(groups, work)]
+        # 3. Run every group.
+        for (_, steps, (_, updates)), (_, hyper, _, grad_views) in zip(prepared, work):
+            for indices, update in updates:
+                update.run(grad_views if len(updates) == 1 else [grad_views[i] for i in indices], hyper[1],
+                           steps[indices[0]] + 1)
+        # 4. The step ran: remember what it checked and built.
+        for group, record, (state, steps, updates), (layout, hyper, group_grads, grad_views) in zip(
+                self.param_groups, groups, prepared, work):
+            if layout is not None:
+                record.params, record.views, record.labels, _, record.names = layout
+                if type(group["params"]) is not list:
+                    group["params"] = list(layout[0])
+                if record.names is None:
+                    group.pop("param_names", None)
+                else:
+                    group["param_names"] = record.names
+            record.state, record.updates = state, updates
+            record.steps = [s + 1 for s in steps]
+            record.hyper_key, record.hyper = hyper
+            record.grads, record.grad_views = tuple(group_grads), grad_views
+
+    def _followed_params(self, index, group, record):
+        """None when param_groups[index]["params"] still holds the arrays of the last step (a cheap identity check);
+        else the checked new layout (params, views, labels, where, names)."""
+        params = group.get("params")
+        if type(params) is list and len(params) == len(record.params) \
+                and all(map(operator.is_, params, record.params)):
+            return None
+        where = record.where
+        arrays, names, labels = _split_params(params, where)
+        if not arrays:
+            raise ValueError(f"{where}: a param group needs at least one array")
+        _, views = self._checked_views(arrays, labels, where, index)
+        return tuple(arrays), views, labels, where, names
+
+    def _validated_hyper(self, group, record):
+        """((raw values, normalized hyper)): re-validated only when a value in param_groups changed."""
+        names = self._hyper_names
+        try:
+            key = tuple([group[n] for n in names])
+        except KeyError as error:
+            raise KeyError(f"param_groups: hyperparameter {error.args[0]!r} was removed from a group") from None
+        if any(type(v) is list for v in key):  # a list can be edited in place: compare its contents
+            key = tuple(tuple(v) if type(v) is list else v for v in key)
+        previous = record.hyper_key  # identity, not ==: True == 1 and 0.1 == Fraction(1, 10)
+        if previous is not None and all(map(operator.is_, key, previous)):
+            return previous, record.hyper
+        raw = dict(zip(names, key))
+        self.spec.validate(raw)  # param_groups are live: check edits
+        return key, self.spec.normalize(raw)
+
+    @property
+    def _hyper_names(self):
+        return [h.name for h in self.spec.hypers]
+
+    def _prepared(self, record, layout, hyper):
+        """(state, steps, (flags, updates)) for this step: the current ones, or new ones (nothing is committed)."""
         flags = self.spec.flags(hyper)
-        cached = self._updates[index]
-        if cached is None or cached[0] != flags:
-            self._allocate_missing_state(index, hyper)
-            cached = self._updates[index] = (flags, self._build_updates(index, hyper))
-        steps = self._steps[index]
-        for indices, update in cached[1]:
-            step = steps[indices[0]] + 1
-            update.run(grads if len(cached[1]) == 1 else [grads[i] for i in indices], hyper, step)
-            for i in indices:
-                steps[i] = step
-
-    def _allocate_missing_state(self, index: int, hyper: dict) -> None:
-        state = self._state[index]
-        for slot in self.spec.active_slots(hyper):
-            if slot.name not in state:
-                state[slot.name] = functional.state_arrays(self.backend, self._arrays[index], slot.init(hyper))
-
-    def _build_updates(self, index: int, hyper: dict):
-        """One FusedUpdate per distinct step count (params normally share one: then a single update)."""
-        by_step = functional.indices_by(self._steps[index])
-        arrays, state = self._arrays[index], self._state[index]
+        state, steps, views = record.state, record.steps, record.views
+        rebuild = record.updates is None or record.updates[0] != flags
+        if layout is not None:  # params replaced or appended: carry state over by identity, as torch keys it
+            params, views = layout[0], layout[1]
+            old = {id(p): i for i, p in enumerate(record.params)}
+            kept = [old.get(id(p)) for p in params]
+            steps = [0 if j is None else record.steps[j] for j in kept]
+            state = {}
+            for slot in self.spec.slots:
+                if slot.name not in record.state:
+                    continue
+                arrays = functional.state_arrays(self.backend, views, slot.init(hyper))
+                for target, j in zip(arrays, kept):
+                    if j is not None:
+                        target[...] = record.state[slot.name][j]
+                state[slot.name] = arrays
+            rebuild = True
+        missing = [s for s in self.spec.active_slots(hyper) if s.name not in state]
+        if missing:
+            state = dict(state)
+            for slot in missing:
+                state[slot.name] = functional.state_arrays(self.backend, views, slot.init(hyper))
+                if slot.name == self.spec.first_step_slot:
+                    steps = [0] * len(steps)  # torch's SGD: the step that creates the buffer is a first step
+            rebuild = True
+        if not rebuild:
+            return state, steps, record.updates
         updates = []
-        for indices in by_step.values():
-            subset_state = {name: [arrs[i] for i in indices] for name, arrs in state.items()}
-            update = functional.FusedUpdate(self.spec, [arrays[i] for i in indices], subset_state, hyper,
-                                            self.backend)
-            updates.append((indices, update))
-        return updates
+        for indices in functional.indices_by(steps).values():  # params normally share one step count
+            subset = {name: [arrays[i] for i in indices] for name, arrays in state.items()}
+            updates.append((indices, functional.FusedUpdate(self.spec, [views[i] for i in indices], subset, hyper,
+                                                            self.backend)))
+        return state, steps, (flags, updates)
 
     # ---- state_dict ---------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """torch's layout with NumPy copies inside: {"state": {index: {"step", slots...}}, "param_groups": [...]}."""
-        state, groups, offset = {}, [], 0
-        for index, group in enumerate(self.param_groups):
-            n = len(group["params"])
-            saved = {k: (list(v) if isinstance(v, list) else v) for k, v in group.items() if k != "params"}
-            saved["params"] = list(range(offset, offset + n))
-            groups.append(saved)
-            for i in range(n):
-                if self._steps[index][i] == 0 and not self._state[index]:
-                    continue  # like torch: no entry until the first step
-                entry = {"step": self._steps[index][i]}
-                for name, arrays in self._state[index].items():
-                    entry[name] = self.backend.to_numpy(arrays[i])
-                state[offset + i] = entry
-            offset += n
-        return {"state": state, "param_groups": groups}
+        """torch's layout with NumPy copies inside: {"state": {index: {"step", slots...}}, "param_groups": [...]}.
+
+        As in torch, SGD saves no step (its momentum buffer's presence says whether the first step was taken)."""
+        with self._lock:
+            state, groups, offset = {}, [], 0
+            for group, record in zip(self.param_groups, self._groups):
+                n = len(record.params)
+                saved = {k: (list(v) if isinstance(v, list) else v) for k, v in group.items() if k != "params"}
+                saved["params"] = list(range(offset, offset + n))
+                groups.append(saved)
+                for i in range(n):
+                    entry = {"step": record.steps[i]} if self.spec.counts_steps else {}
+                    if record.steps[i] == 0 and not record.state:
+                        continue  # like torch: no entry until the first step
+                    for name, arrays in record.state.items():
+                        entry[name] = self.backend.to_numpy(arrays[i])
+                    if entry:
+                        state[offset + i] = entry
+                offset += n
+            return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore hyperparameters, steps and state saved by `state_dict` (any backend). Checks everything first."""
+        """Restore hyperparameters, steps and state saved by `state_dict` (any backend), or by torch.optim and
+        converted to NumPy (torch tensors are read through np.asarray; `step` may be a tensor). Checks everything
+        first: damaged state (a slot missing after steps were taken, another optimizer's slots, a step that is not a
+        whole number) is refused and nothing changes."""
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise TypeError("state_dict: expected a dict with 'state' and 'param_groups'")
-        saved_groups = state_dict["param_groups"]
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_state, dict):
+            raise TypeError(f"state_dict['state']: expected a dict index -> entry, got {type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict: has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
-        new_hypers, new_steps, new_state, offset = [], [], [], 0
-        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            n = len(group["params"])
-            if len(saved.get("params", ())) != n:
-                raise ValueError(f"state_dict: param group {index} has {len(saved.get('params', ()))} params, "
-                                 f"this optimizer's has {n}")
-            hyper = {h.name: saved.get(h.name, group[h.name]) for h in self.spec.hypers}
+        known = {s.name for s in self.spec.slots}
+        new = []
+        for index, (saved, record) in enumerate(zip(saved_groups, self._groups)):
+            n = len(record.params)
+            if not isinstance(saved, dict) or len(saved.get("params", ())) != n:
+                got = len(saved.get("params", ())) if isinstance(saved, dict) else saved
+                raise ValueError(f"state_dict: param group {index} has {got} params, this optimizer's has {n}")
+            hyper = {h.name: saved.get(h.name, self.param_groups[index][h.name]) for h in self.spec.hypers}
             if isinstance(hyper.get("betas"), list):
                 hyper["betas"] = tuple(hyper["betas"])
             self.spec.validate(hyper)
+            active = self.spec.active_slots(hyper)
             steps, slots = [], {}
             for i, key in enumerate(saved["params"]):
-                entry = state_dict["state"].get(key, {})
-                steps.append(self._checked_step(entry.get("step", 0), key))
-                for slot in self.spec.active_slots(hyper):
-                    if slot.name in entry:
-                        slots.setdefault(slot.name, [None] * n)[i] = self._checked_array(
-                            entry[slot.name], self._arrays[index][i], key, slot.name)
+                entry = saved_state.get(key, {})
+                if not isinstance(entry, dict):
+                    raise TypeError(f"state_dict: state[{key!r}] must be a dict, got {type(entry).__name__}")
+                unknown = sorted(str(k) for k in entry if k != "step" and k not in known)
+                if unknown:
+                    raise ValueError(f"state_dict: state[{key!r}] has entries {unknown} that {self.spec.name} does "
+                                     f"not keep (expected {sorted(known)}): the state of another optimizer?")
+                present = {s.name for s in active if entry.get(s.name) is not None}
+                if self.spec.counts_steps:
+                    step = self._checked_step(entry.get("step", 0), key)
+                    lost = [s.name for s in active if s.name not in present]
+                    if step > 0 and lost:
+                        raise ValueError(f"state_dict: state[{key!r}] has step {step} but no {lost}: damaged state "
+                                         "(refusing to restart them from zeros)")
+                else:
+                    if "step" in entry:
+                        self._checked_step(entry["step"], key)  # an older fastopt checkpoint: checked, not needed
+                    step = 1 if self.spec.first_step_slot in present else 0  # torch: the buffer says it all
+                steps.append(step)
+                for name in present:
+                    slots.setdefault(name, [None] * n)[i] = self._checked_array(
+                        entry[name], record.views[i], key, name)
             for name, arrays in slots.items():
                 if any(a is None for a in arrays):
                     raise ValueError(f"state_dict: slot {name!r} is saved for some params of group {index} "
                                      "but not for all")
-            new_hypers.append(hyper)
-            new_steps.append(steps)
-            new_state.append(slots)
-            offset += n
-        for index, group in enumerate(self.param_groups):  # everything checked: now change things
-            group.update(new_hypers[index])
-            self._steps[index] = new_steps[index]
-            arrays = self._arrays[index]
+            new.append((hyper, steps, slots))
+        for group, record, (hyper, steps, slots) in zip(self.param_groups, self._groups, new):
+            group.update(hyper)  # everything checked: now change things
+            record.steps = steps
             state = {}
-            for name, values in new_state[index].items():
-                state[name] = functional.state_arrays(self.backend, arrays, 0.0)
+            for name, values in slots.items():
+                state[name] = functional.state_arrays(self.backend, record.views, 0.0)
                 for target, source in zip(state[name], values):
                     self.backend.copy_into(target, source)
-            self._state[index] = state
-            self._updates[index] = None
+            record.state = state
+            record.updates = None
+            record.hyper_key = None
 
     @staticmethod
     def _checked_step(step, key) -> int:
-        value = step.item() if hasattr(step, "item") else step
-        if not isinstance(value, numbers.Real) or value < 0 or value != int(value):
-            raise ValueError(f"state_dict: state[{key}]['step'] must be a whole number >= 0, got {step!r}")
+        value = step
+        try:
+            if hasattr(value, "item"):  # NumPy scalar or 0-d array, torch tensor
+                value = value.item()
+        except (ValueError, RuntimeError):  # more than one element
+            pass
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if not ok or value < 0 or value > _MAX_STEP or value != int(value):
+            raise ValueError(f"state_dict: state[{key!r}]['step'] must be a whole number in [0, 2**53], "
+                             f"got {step!r}")
         return int(value)
 
     def _checked_array(self, value, param, key, name):
         import numpy as np
 
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except Exception as error:  # noqa: BLE001 - e.g. a torch tensor on a GPU or one that requires grad
+            raise TypeError(f"state_dict: state[{key!r}][{name!r}] cannot be read as a NumPy array "
+                            f"({type(error).__name__}: {error}); convert it first, e.g. t.detach().cpu().numpy()"
+                            ) from None
         if array.shape != tuple(param.shape):
-            raise ValueError(f"state_dict: state[{key}][{name!r}] has shape {array.shape}, "
+            raise ValueError(f"state_dict: state[{key!r}][{name!r}] has shape {array.shape}, "
                              f"the param has {tuple(param.shape)}")
         if array.dtype.kind != "f":
-            raise TypeError(f"state_dict: state[{key}][{name!r}] must be floating point, got {array.dtype}")
+            raise TypeError(f"state_dict: state[{key!r}][{name!r}] must be floating point, got {array.dtype}")
         return array.astype(self.backend.state_dtype(param.dtype), copy=False)
+
+    # ---- copies ---------------------------------------------------------------------------------------------------
+
+    def __getstate__(self):
+        # Plans hold raw addresses and the lock cannot be copied: a copy rebuilds them. The backend travels by name,
+        # and views are re-made from the copy's own params.
+        with self._lock:
+            groups = [(r.where, r.params, r.names, r.labels, r.state, r.steps) for r in self._groups]
+            return {"defaults": self.defaults, "requested": self._requested_backend, "param_groups": self.param_groups,
+                    "backend": self.backend.name, "groups": groups}
+
+    def __setstate__(self, saved):
+        self.defaults = saved["defaults"]
+        self._requested_backend = saved["requested"]
+        self.param_groups = saved["param_groups"]
+        self.backend = dispatch.get_backend(saved["backend"])
+        self._lock = threading.RLock()
+        self._groups = []
+        for where, params, names, labels, state, steps in saved["groups"]:
+            record = _Group(where, params, names, labels, [self.backend.as_array(p) for p in params])
+            record.steps = list(steps)
+            for name, arrays in state.items():  # one aligned buffer per slot again, as the original had
+                record.state[name] = functional.state_arrays(self.backend, record.views, 0.0)
+                for target, source in zip(record.state[name], arrays):
+                    target[...] = source
+            self._groups.append(record)
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
@@ -272,12 +441,37 @@ class Optimizer:
 
 
 def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
+    """A public class with a real signature from the spec: params, then the hyperparameters in torch's order
+    (positional allowed, as in torch: `SGD(params, 0.1)`), `maximize` and `backend` keyword-only."""
     defaults = {**spec.defaults, **overrides}
+    positional = [h.name for h in spec.hypers if h.name != "maximize"]
+    keyword = [h.name for h in spec.hypers if h.name == "maximize"]
+    P = inspect.Parameter
+    signature = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
+        + [P(n, P.POSITIONAL_OR_KEYWORD, default=defaults[n]) for n in positional]
+        + [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in keyword]
+        + [P("backend", P.KEYWORD_ONLY, default=None)])
+
+    def __init__(self, params, *args, backend=None, **hyperparameters):
+        if len(args) > len(positional):
+            raise TypeError(f"{class_name}() takes at most {len(positional) + 1} positional arguments "
+                            f"(params, {', '.join(positional)}); got {len(args) + 1}")
+        for name, value in zip(positional, args):
+            if name in hyperparameters:
+                raise TypeError(f"{class_name}() got multiple values for argument {name!r}")
+            hyperparameters[name] = value
+        Optimizer.__init__(self, params, backend=backend, **hyperparameters)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{class_name}.__init__"
     doc = (f"{class_name}: fused {spec.name} with torch.optim's semantics.\n\n"
-           f"{class_name}(params, *, backend=None, " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()) + ")\n"
-           f"State per param: step, {', '.join(s.name for s in spec.slots)} (each only when used).")
+           f"{class_name}{str(signature).replace('(self, ', '(')}\n\n"
+           f"State per param: {'step, ' if spec.counts_steps else ''}"
+           f"{', '.join(s.name for s in spec.slots)} (each only when used).")
+    __init__.__doc__ = doc
     return type(class_name, (Optimizer,), {"spec": spec, "default_overrides": overrides, "__doc__": doc,
-                                           "__module__": __name__})
+                                           "__init__": __init__, "__module__": __name__})
 
 
 # Every public class, by lower-case name: the spec names ("adam", ...) and the shorthands ("momentum", "nesterov").

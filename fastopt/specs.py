@@ -61,12 +61,31 @@ class Hyper:
     check: Callable[[Any], str | None]
 
 
+def _zero(hyper) -> float:
+    return 0.0
+
+
+def _always(hyper) -> bool:
+    return True
+
+
+def _no_flags(hyper) -> tuple:
+    return ()
+
+
+def _no_cross_check(hyper):
+    return None
+
+
+# Specs are built from module-level functions only (no lambdas), so anything holding one pickles and deep-copies;
+# a registered spec also pickles by name (see OptimizerSpec.__reduce__).
+
 @dataclass(frozen=True)
 class Slot:
     """A state array shaped like the parameter, filled with `init(hyper)` when first needed."""
     name: str
-    init: Callable[[dict], float] = lambda hyper: 0.0
-    active: Callable[[dict], bool] = lambda hyper: True
+    init: Callable[[dict], float] = _zero
+    active: Callable[[dict], bool] = _always
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,21 @@ class OptimizerSpec:
     scalar_names: tuple[str, ...]               # names of what `scalars` returns, in kernel order
     scalars: Callable[[dict, int], tuple]       # (hyper, step) -> run-time kernel scalars, computed in float64
     flag_names: tuple[str, ...] = ()
-    flags: Callable[[dict], tuple] = lambda hyper: ()
-    cross_check: Callable[[dict], str | None] = lambda hyper: None  # a rule joining several hyperparameters
+    flags: Callable[[dict], tuple] = _no_flags
+    cross_check: Callable[[dict], str | None] = _no_cross_check  # a rule joining several hyperparameters
+    # torch's SGD keeps no step count: its first step is the one that creates the momentum buffer. For such a spec
+    # `first_step_slot` names that slot; the step passed to `scalars` is then 1 exactly when the slot is new.
+    first_step_slot: str | None = None
+
+    @property
+    def counts_steps(self) -> bool:
+        """True when the state has a `step` entry (every torch optimizer but SGD)."""
+        return self.first_step_slot is None
+
+    def __reduce__(self):
+        if SPECS.get(self.name) is self:  # a registered spec pickles by name: the copy is the very same object
+            return (_registered_spec, (self.name,))
+        return super().__reduce__()
 
     @property
     def defaults(self) -> dict:
@@ -102,8 +134,26 @@ class OptimizerSpec:
         if problem:
             raise ValueError(f"{self.name}: {problem}")
 
+    def normalize(self, hyper: dict) -> dict:
+        """Validated hyperparameters as the kernels take them: Python floats (a Fraction or NumPy scalar lr becomes
+        a float once, here), bools, and betas as a tuple of floats."""
+        out = {}
+        for h in self.hypers:
+            value = hyper[h.name]
+            if h.check is boolean:
+                out[h.name] = value
+            elif isinstance(value, (tuple, list)):
+                out[h.name] = tuple(float(v) for v in value)
+            else:
+                out[h.name] = float(value)
+        return out
+
     def active_slots(self, hyper: dict) -> tuple[Slot, ...]:
         return tuple(s for s in self.slots if s.active(hyper))
+
+
+def _registered_spec(name: str) -> OptimizerSpec:
+    return SPECS[name]
 
 
 def _value_like(value) -> bool:
@@ -124,6 +174,14 @@ def _sgd_scalars(h, step):
             0.0 if first else h["momentum"], 1.0 if first else 1.0 - h["dampening"])
 
 
+def _has_momentum(h) -> bool:
+    return h["momentum"] != 0
+
+
+def _sgd_flags(h) -> tuple:
+    return (h["momentum"] != 0, h["nesterov"])
+
+
 def _sgd_cross_check(h):
     if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
         return "nesterov=True requires momentum > 0 and dampening = 0"
@@ -135,29 +193,54 @@ SGD = OptimizerSpec(
     hypers=(Hyper("lr", 1e-3, at_least_zero), Hyper("momentum", 0.0, at_least_zero),
             Hyper("dampening", 0.0, finite), Hyper("weight_decay", 0.0, at_least_zero),
             Hyper("nesterov", False, boolean), Hyper("maximize", False, boolean)),
-    slots=(Slot("momentum_buffer", active=lambda h: h["momentum"] != 0),),
+    slots=(Slot("momentum_buffer", active=_has_momentum),),
     scalar_names=("lr", "grad_sign", "weight_decay", "momentum", "buffer_decay", "grad_scale"),
     scalars=_sgd_scalars,
     flag_names=("use_momentum", "nesterov"),
-    flags=lambda h: (h["momentum"] != 0, h["nesterov"]),
+    flags=_sgd_flags,
     cross_check=_sgd_cross_check,
+    first_step_slot="momentum_buffer",
 )
 
 
 # ---- Adagrad (torch.optim.Adagrad) --------------------------------------------------------------------------------
+
+def _initial_accumulator(h) -> float:
+    return h["initial_accumulator_value"]
+
+
+def _adagrad_scalars(h, step):
+    return (h["lr"] / (1 + (step - 1) * h["lr_decay"]), _grad_sign(h), h["weight_decay"], h["eps"])
+
 
 ADAGRAD = OptimizerSpec(
     name="adagrad", class_name="Adagrad", kernel="adagrad",
     hypers=(Hyper("lr", 1e-2, at_least_zero), Hyper("lr_decay", 0.0, at_least_zero),
             Hyper("weight_decay", 0.0, at_least_zero), Hyper("initial_accumulator_value", 0.0, at_least_zero),
             Hyper("eps", 1e-10, above_zero), Hyper("maximize", False, boolean)),
-    slots=(Slot("sum", init=lambda h: h["initial_accumulator_value"]),),
+    slots=(Slot("sum", init=_initial_accumulator),),
     scalar_names=("clr", "grad_sign", "weight_decay", "eps"),
-    scalars=lambda h, step: (h["lr"] / (1 + (step - 1) * h["lr_decay"]), _grad_sign(h), h["weight_decay"], h["eps"]),
+    scalars=_adagrad_scalars,
 )
 
 
 # ---- RMSprop (torch.optim.RMSprop) --------------------------------------------------------------------------------
+
+def _rmsprop_momentum(h) -> bool:
+    return h["momentum"] > 0
+
+
+def _centered(h) -> bool:
+    return h["centered"]
+
+
+def _rmsprop_scalars(h, step):
+    return (h["lr"], _grad_sign(h), h["weight_decay"], h["alpha"], 1.0 - h["alpha"], h["eps"], h["momentum"])
+
+
+def _rmsprop_flags(h) -> tuple:
+    return (h["centered"], h["momentum"] > 0)
+
 
 RMSPROP = OptimizerSpec(
     name="rmsprop", class_name="RMSprop", kernel="rmsprop",
@@ -165,17 +248,20 @@ RMSPROP = OptimizerSpec(
             Hyper("weight_decay", 0.0, at_least_zero), Hyper("momentum", 0.0, at_least_zero),
             Hyper("centered", False, boolean), Hyper("maximize", False, boolean)),
     slots=(Slot("square_avg"),
-           Slot("momentum_buffer", active=lambda h: h["momentum"] > 0),
-           Slot("grad_avg", active=lambda h: h["centered"])),
+           Slot("momentum_buffer", active=_rmsprop_momentum),
+           Slot("grad_avg", active=_centered)),
     scalar_names=("lr", "grad_sign", "weight_decay", "alpha", "one_minus_alpha", "eps", "momentum"),
-    scalars=lambda h, step: (h["lr"], _grad_sign(h), h["weight_decay"], h["alpha"], 1.0 - h["alpha"], h["eps"],
-                             h["momentum"]),
+    scalars=_rmsprop_scalars,
     flag_names=("centered", "use_momentum"),
-    flags=lambda h: (h["centered"], h["momentum"] > 0),
+    flags=_rmsprop_flags,
 )
 
 
 # ---- Adadelta (torch.optim.Adadelta) ------------------------------------------------------------------------------
+
+def _adadelta_scalars(h, step):
+    return (h["lr"], _grad_sign(h), h["weight_decay"], h["rho"], 1.0 - h["rho"], h["eps"])
+
 
 ADADELTA = OptimizerSpec(
     name="adadelta", class_name="Adadelta", kernel="adadelta",
@@ -183,7 +269,7 @@ ADADELTA = OptimizerSpec(
             Hyper("weight_decay", 0.0, at_least_zero), Hyper("maximize", False, boolean)),
     slots=(Slot("square_avg"), Slot("acc_delta")),
     scalar_names=("lr", "grad_sign", "weight_decay", "rho", "one_minus_rho", "eps"),
-    scalars=lambda h, step: (h["lr"], _grad_sign(h), h["weight_decay"], h["rho"], 1.0 - h["rho"], h["eps"]),
+    scalars=_adadelta_scalars,
 )
 
 
@@ -198,18 +284,30 @@ def _adam_scalars(h, step):
             h["lr"] / bias_correction1, math.sqrt(bias_correction2), 1.0 - h["lr"] * h["weight_decay"])
 
 
+def _amsgrad(h) -> bool:
+    return h["amsgrad"]
+
+
+def _adam_flags(h) -> tuple:
+    return (h["amsgrad"], False)
+
+
+def _adamw_flags(h) -> tuple:
+    return (h["amsgrad"], True)
+
+
 def _adam_like(name, class_name, weight_decay, decoupled):
     return OptimizerSpec(
         name=name, class_name=class_name, kernel="adam",
         hypers=(Hyper("lr", 1e-3, at_least_zero), Hyper("betas", (0.9, 0.999), beta_pair),
                 Hyper("eps", 1e-8, above_zero), Hyper("weight_decay", weight_decay, at_least_zero),
                 Hyper("amsgrad", False, boolean), Hyper("maximize", False, boolean)),
-        slots=(Slot("exp_avg"), Slot("exp_avg_sq"), Slot("max_exp_avg_sq", active=lambda h: h["amsgrad"])),
+        slots=(Slot("exp_avg"), Slot("exp_avg_sq"), Slot("max_exp_avg_sq", active=_amsgrad)),
         scalar_names=("lr", "grad_sign", "weight_decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
                       "eps", "step_size", "bias_correction2_sqrt", "decay_factor"),
         scalars=_adam_scalars,
         flag_names=("amsgrad", "decoupled"),
-        flags=lambda h: (h["amsgrad"], decoupled),
+        flags=_adamw_flags if decoupled else _adam_flags,
     )
 
 

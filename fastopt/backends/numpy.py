@@ -16,7 +16,9 @@ class NumpyArrays:
         return isinstance(array, np.ndarray)
 
     def as_array(self, array):
-        return array
+        # Kernels and the reference see plain ndarrays: a view of an np.matrix (where `*` is a matrix product), a
+        # memmap or any other subclass, over the same memory.
+        return array if type(array) is np.ndarray else array.view(np.ndarray)
 
     def state_dtype(self, param_dtype):
         if param_dtype not in SUPPORTED:
