@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -348,21 +349,32 @@ def test_chunk_elems_choice():
 # ---- the cuda backend's plan, driven through a stand-in for CuPy whose kernels are the host build ------------------
 # Checks what fastopt/backends/cuda.py does on the host side without a GPU: flat-layout detection, the chunk and
 # pointer tables, the argument lists of both kernels (a wrong order or type gives wrong numbers here), one launch per
-# run, and the grad table rewritten only when the grads' addresses change.
+# run, the grad table rewritten only when the grads' addresses change, grid sizes from the occupancy query, the
+# stream of every launch and copy, and torch-like tensors viewed zero-copy.
+
+_LOG = []   # ("launch", kind, grid, stream), ("set", stream), ("record", stream), ("wait", stream, recorded on)
+
+
+class _FakeMem:
+    def __init__(self, ptr, owner):
+        self.ptr = ptr
+        self._owner = owner          # as CuPy's UnownedMemory keeps the exporting object
+
 
 class _FakeArray:
-    def __init__(self, a):
+    def __init__(self, a, device=0, owner=None):
         self.a = a
-        self.data = type("Mem", (), {"ptr": a.ctypes.data})()
-        self.device = _FakeDevice(0)
+        self.data = type("MemoryPointer", (), {"ptr": a.ctypes.data, "mem": _FakeMem(a.ctypes.data, owner)})()
+        self.device = _FakeDevice(device)
         self.size, self.dtype, self.shape = a.size, a.dtype, a.shape
         self.sets = 0
 
     def __getitem__(self, key):
-        return _FakeArray(self.a[key])
+        return _FakeArray(self.a[key], self.device.id)
 
     def set(self, arr, stream=None):
         self.sets += 1
+        _LOG.append(("set", None if stream is None else stream.ptr))
         self.a[...] = arr
 
 
@@ -378,18 +390,63 @@ class _FakeDevice:
         return False
 
 
+class _FakeStream:
+    stack: typing.ClassVar[list] = []   # the current-stream stack of the stand-in (reset by the fixture)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __enter__(self):
+        _FakeStream.stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _FakeStream.stack.pop()
+        return False
+
+    def synchronize(self):
+        pass
+
+    def wait_event(self, event):
+        _LOG.append(("wait", self.ptr, event.recorded_on))
+
+    @staticmethod
+    def current():
+        return _FakeStream.stack[-1] if _FakeStream.stack else _FakeStream(0)
+
+    @classmethod
+    def from_external(cls, obj):
+        return cls(obj.__cuda_stream__()[1])
+
+
+class _FakeEvent:
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.recorded_on = None
+
+    def record(self, stream=None):
+        self.recorded_on = stream.ptr
+        _LOG.append(("record", stream.ptr))
+
+
+# Blocks of 256 threads resident per SM for each kind of kernel (the stand-in's occupancy calculator).
+_OCCUPANCY = {"flat": 3, "table": 5}
+
+
 class _FakeKernel:
     def __init__(self, name, launches):
+        self.name = name
         family, rest = name[3:].split("<")
         self.family, self.kind = family.rsplit("_", 1)
         args = [a.strip() for a in rest.rstrip(">").split(",")]
         self.ctype = args[1]
         self.mask = sum(1 << i for i, f in enumerate(args[2:]) if f == "true")
         self.launches = launches
+        self.kernel = type("Function", (), {"ptr": id(self)})()
 
     def __call__(self, grid, block, args):
         import ctypes
         self.launches.append((self.kind, grid, block))
+        _LOG.append(("launch", self.kind, grid[0], _FakeStream.current().ptr))
         lib = cuda_build.build_host_library(self.family)
         tag = {"float": "f32", "double": "f64"}[self.ctype]
         nsc = len(cuda_build.FAMILIES[self.family].scalar_names)
@@ -409,11 +466,21 @@ class _FakeKernel:
         assert rc == 0
 
 
+def _occupancy(kernels_by_ptr):
+    def query(func, block_size, dynamic_smem):
+        assert block_size == cuda_build.BLOCK and dynamic_smem == 0
+        return _OCCUPANCY[kernels_by_ptr[func].kind]
+    return query
+
+
 class _FakeCupy:
     ndarray = _FakeArray
+    uint16 = np.uint16
 
-    def __init__(self):
+    def __init__(self, version="14.2.0"):
+        self.__version__ = version
         self.launches = []
+        self.kernels = {}
         fake = self
 
         class RawModule:
@@ -423,17 +490,19 @@ class _FakeCupy:
 
             def get_function(self, name):
                 assert name in self.names
-                return _FakeKernel(name, fake.launches)
-
-        class _Stream:
-            def synchronize(self):
-                pass
+                kernel = _FakeKernel(name, fake.launches)
+                fake.kernels[kernel.kernel.ptr] = kernel
+                return kernel
 
         self.RawModule = RawModule
         self.cuda = type("cuda", (), {
             "Device": _FakeDevice,
-            "get_current_stream": staticmethod(lambda: _Stream()),
+            "Stream": _FakeStream,
+            "Event": _FakeEvent,
+            "get_current_stream": staticmethod(_FakeStream.current),
             "runtime": type("runtime", (), {"getDevice": staticmethod(lambda: 0)}),
+            "driver": type("driver", (), {
+                "occupancyMaxActiveBlocksPerMultiprocessor": staticmethod(_occupancy(self.kernels))}),
         })
 
     def empty(self, n, dtype):
@@ -441,6 +510,19 @@ class _FakeCupy:
 
     def zeros(self, n, dtype):
         return _FakeArray(np.zeros(n, dtype))
+
+    def asarray(self, obj):
+        """Zero-copy, from __cuda_array_interface__ only (as CuPy: the exporting object becomes the owner)."""
+        import ctypes
+        face = obj.__cuda_array_interface__
+        dtype = np.dtype(face["typestr"])
+        n = int(np.prod(face["shape"]))
+        raw = (ctypes.c_char * (n * dtype.itemsize)).from_address(face["data"][0])
+        return _FakeArray(np.frombuffer(raw, dtype=dtype).reshape(face["shape"]), owner=obj)
+
+    def from_dlpack(self, obj):
+        obj.__dlpack__()
+        raise AssertionError("the stand-ins export through __cuda_array_interface__")
 
 
 @pytest.fixture
@@ -451,6 +533,10 @@ def fake_cupy(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_import_error", None)
     monkeypatch.setattr(cuda_backend, "_modules", {})
     monkeypatch.setattr(cuda_backend, "_sm_counts", {})
+    monkeypatch.setattr(cuda_backend, "_warned_cache", False, raising=False)
+    monkeypatch.setattr(cuda_backend, "_torch", lambda: None, raising=False)   # torch here is a CPU build
+    _LOG.clear()
+    _FakeStream.stack.clear()
     return fake
 
 
@@ -495,3 +581,216 @@ def test_cuda_plan_through_a_stand_in_for_cupy(fake_cupy, name, layout):
         for k, s in enumerate(prob.slots):
             if s is not None:
                 _compare(slots[spec.slots[k].name][t].a, want_s[k][t], np.float32, f"{name} slot {k} tensor {t}")
+
+
+# ---- torch-like tensors, failed steps, grid sizes, streams, the disk cache (issue 9) --------------------------------
+
+class _TorchLikeTensor:
+    """Behaves as a torch CUDA tensor does for these purposes: while it requires grad (every nn.Parameter) both
+    exports refuse it (__cuda_array_interface__ raises RuntimeError, which hasattr does not catch; __dlpack__
+    raises), and detach() returns a tensor on the same memory that exports."""
+
+    def __init__(self, a, requires_grad=False):
+        self.a = a
+        self.requires_grad = requires_grad
+        self.dtype = a.dtype
+
+    @property
+    def __cuda_array_interface__(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. "
+                               "If gradients aren't required, use var.detach() to get Variable that doesn't "
+                               "require grad.")
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False),
+                "strides": None, "version": 2}
+
+    def __dlpack__(self, stream=None):
+        if self.requires_grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        raise NotImplementedError
+
+    def __dlpack_device__(self):
+        return (2, 0)   # kDLCUDA, device 0
+
+    def detach(self):
+        return _TorchLikeTensor(self.a, requires_grad=False)
+
+
+class _FakeTorch:
+    """The parts of torch the cuda backend reads: Tensor, dtypes, and the current stream per device."""
+    Tensor = _TorchLikeTensor
+    bfloat16 = object()
+    int16 = np.int16
+
+    def __init__(self):
+        self.stream_handle = 0xA000
+        torch = self
+
+        class _Stream:
+            @property
+            def cuda_stream(self):
+                return torch.stream_handle
+
+        self.cuda = type("cuda", (), {"current_stream": staticmethod(lambda device=None: _Stream())})
+
+
+@pytest.fixture
+def fake_torch(fake_cupy, monkeypatch):
+    from fastopt.backends import cuda as cuda_backend
+    torch = _FakeTorch()
+    monkeypatch.setattr(cuda_backend, "_torch", lambda: torch)
+    return torch
+
+
+def _adam_problem(sizes, seed=7):
+    spec = SPECS["adam"]
+    hyper = {**spec.defaults, "weight_decay": 0.01}
+    return spec, hyper, Problem("adam", hyper, sizes, np.float32, seed=seed)
+
+
+def _separate(arrays):
+    return [a.copy() for a in arrays]
+
+
+def test_torch_parameters_that_require_grad_are_viewed_zero_copy_and_updated(fake_torch):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (5, 4097, 1)
+    spec, hyper, prob = _adam_problem(sizes)
+    want_p, _ = prob.reference()
+    store = _separate(prob.params)
+    params = [_TorchLikeTensor(a, requires_grad=True) for a in store]
+    for t in params:
+        assert BACKEND.owns(t)
+        view = BACKEND.as_array(t)                       # owns() said yes, so this must work
+        assert view.data.ptr == t.a.ctypes.data          # zero-copy: the parameter's own memory
+        assert t.requires_grad                            # the caller's tensor is left as it was
+    assert not BACKEND.owns(_TorchLikeTensor(np.zeros(3, np.float32)).a)   # NumPy stays the cpu backend's
+    views = [BACKEND.as_array(t) for t in params]
+    slots = {s.name: None if v is None else [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, views, slots, prob.flags)
+    grads = [_TorchLikeTensor(np.zeros(n, np.float32)) for n in sizes]
+    for step in range(1, STEPS + 1):
+        for t, g in enumerate(grads):
+            g.a[...] = prob.grads[t][step - 1]
+        plan.run([BACKEND.as_array(g) for g in grads], spec.scalars(hyper, step))
+    for t in range(len(sizes)):
+        _compare(store[t], want_p[t], np.float32, f"torch-like param {t}")
+
+
+def test_a_step_that_fails_its_checks_leaves_nothing_behind(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (3, 4097, 20000)
+    spec, hyper, prob = _adam_problem(sizes)
+    params = [_FakeArray(a) for a in _separate(prob.params)]
+    slots = {s.name: None if v is None else [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, params, slots, prob.flags)
+    good = [_FakeArray(prob.grads[t][0].copy()) for t in range(len(sizes))]
+    plan.run(good, spec.scalars(hyper, 1))
+    assert len(fake_cupy.launches) == 1
+    elsewhere = [good[0], _FakeArray(prob.grads[1][0].copy(), device=1), good[2]]
+    too_few = good[:2]
+    for bad, message in ((elsewhere, "device"), (too_few, "expected 3 arrays")):
+        for _ in range(2):   # the same objects again must be checked again, never launched with last step's table
+            with pytest.raises(ValueError, match=message):
+                plan.run(bad, spec.scalars(hyper, 2))
+        assert len(fake_cupy.launches) == 1
+    plan.run(good, spec.scalars(hyper, 2))   # the good grads still run
+    assert len(fake_cupy.launches) == 2
+
+
+def test_grids_come_from_the_occupancy_of_the_kernel_launched(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (3, 0, 4097, 1, 20000)
+    spec, hyper, prob = _adam_problem(sizes)
+    sms = _FakeDevice().attributes["MultiProcessorCount"]
+    for flat in (True, False):
+        buf = np.concatenate(prob.params)
+        params = [_FakeArray(v) for v in np.split(buf, np.cumsum(sizes)[:-1])]
+        slots = {s.name: None if v is None else [_FakeArray(np.zeros(n, np.float32)) for n in sizes]
+                 for s, v in zip(spec.slots, prob.slots)}
+        if flat:
+            slots = {k: None if v is None else
+                     [_FakeArray(x) for x in np.split(np.zeros(sum(sizes), np.float32), np.cumsum(sizes)[:-1])]
+                     for k, v in slots.items()}
+        plan = BACKEND.prepare(spec, params, slots, prob.flags)
+        gbuf = np.concatenate([g[0] for g in prob.grads])
+        grads = [_FakeArray(v) for v in np.split(gbuf, np.cumsum(sizes)[:-1])] if flat else \
+            [_FakeArray(g[0].copy()) for g in prob.grads]
+        plan.run(grads, spec.scalars(hyper, 1))
+        kind, grid, _ = fake_cupy.launches[-1]
+        assert kind == ("flat" if flat else "table")
+        resident = _OCCUPANCY[kind] * sms
+        if flat:   # 24101 elements in float4 vectors of 256-thread blocks: 24 blocks of work, 6 resident
+            assert grid[0] == min(-(-sum(sizes) // (cuda_build.BLOCK * 4)), resident) == 6
+        else:      # chunks sized for the resident blocks, one wave of them
+            nchunks = int(plan._prefix[1])
+            assert plan._prefix[2] == cuda_build.choose_chunk_elems(sum(sizes), resident)
+            assert grid[0] == min(nchunks, resident) == 10
+
+
+def test_torch_arrays_launch_on_torchs_current_stream_and_the_grad_table_waits_for_its_readers(fake_torch):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (3, 4097, 5)
+    spec, hyper, prob = _adam_problem(sizes)
+    store = _separate(prob.params)
+    views = [BACKEND.as_array(_TorchLikeTensor(a, requires_grad=True)) for a in store]
+    slots = {s.name: None if v is None else [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, views, slots, prob.flags)
+    g1 = [BACKEND.as_array(_TorchLikeTensor(prob.grads[t][0].copy())) for t in range(len(sizes))]
+    _LOG.clear()
+    plan.run(g1, spec.scalars(hyper, 1))
+    # (before them: the one-time build of the other tables, synchronized before use)
+    assert _LOG[-2:] == [("set", 0xA000), ("launch", "table", _LOG[-1][2], 0xA000)]   # torch's stream, not CuPy's
+    plan.run(g1, spec.scalars(hyper, 2))
+    assert _LOG[-1][3] == 0xA000
+    # The next step runs on another torch stream with new grads: the table the last launch (stream A) may still be
+    # reading is overwritten only after it, on the new stream B.
+    fake_torch.stream_handle = 0xB000
+    g2 = [BACKEND.as_array(_TorchLikeTensor(prob.grads[t][1].copy())) for t in range(len(sizes))]
+    _LOG.clear()
+    plan.run(g2, spec.scalars(hyper, 3))
+    assert _LOG == [("record", 0xA000), ("wait", 0xB000, 0xA000), ("set", 0xB000),
+                    ("launch", "table", _LOG[-1][2], 0xB000)]
+    # Same stream again, new grads: stream order suffices, no event.
+    g3 = [BACKEND.as_array(_TorchLikeTensor(prob.grads[t][2].copy())) for t in range(len(sizes))]
+    _LOG.clear()
+    plan.run(g3, spec.scalars(hyper, 4))
+    assert [e[0] for e in _LOG] == ["set", "launch"]
+
+
+def test_cupy_arrays_launch_on_cupys_current_stream_and_switching_streams_waits(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (3, 4097, 5)
+    spec, hyper, prob = _adam_problem(sizes)
+    params = [_FakeArray(a) for a in _separate(prob.params)]
+    slots = {s.name: None if v is None else [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, params, slots, prob.flags)
+    with _FakeStream(0x51):
+        plan.run([_FakeArray(g[0].copy()) for g in prob.grads], spec.scalars(hyper, 1))
+    _LOG.clear()
+    with _FakeStream(0x52):
+        plan.run([_FakeArray(g[1].copy()) for g in prob.grads], spec.scalars(hyper, 2))
+    assert [e[:2] for e in _LOG] == [("record", 0x51), ("wait", 0x52), ("set", 0x52), ("launch", "table")]
+    assert _LOG[-1][3] == 0x52
+
+
+@pytest.mark.parametrize("version,warns", [("13.6.0", True), ("14.0.1", True), ("14.1.0", False), ("14.2.0", False)])
+def test_a_cupy_without_a_disk_cache_for_name_expressions_is_named(fake_cupy, version, warns):
+    import warnings
+
+    from fastopt.backends import cuda as cuda_backend
+    fake_cupy.__version__ = version
+    assert cuda_backend.cupy_caches_on_disk(fake_cupy) is not warns
+    spec = SPECS["sgd"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cuda_backend.BACKEND.prepare(spec, [_FakeArray(np.zeros(4, np.float32))], {"momentum_buffer": None},
+                                     spec.flags(spec.defaults))
+    named = [w for w in caught if "disk" in str(w.message) and version in str(w.message)]
+    assert len(named) == (1 if warns else 0)
+
+
+def test_the_backend_claims_no_graph_capture():
+    from fastopt.backends import cuda as cuda_backend
+    doc = cuda_backend.__doc__
+    assert "Not capturable in a CUDA graph" in doc and "(the launch itself is graph-capturable" not in doc

@@ -1,18 +1,28 @@
 """The `cuda` backend: the CUDA C kernels of kernels/cuda, compiled by CuPy, one launch per param group and dtype.
 
 Arrays: CuPy arrays, and anything exposing `__cuda_array_interface__` or a CUDA `__dlpack__` (torch CUDA tensors...),
-viewed zero-copy as CuPy arrays. CuPy is imported only when something here needs it; nothing needs it at import.
+viewed zero-copy as CuPy arrays. A torch tensor that requires grad (every `nn.Parameter`) refuses both exports, so it
+is viewed through `tensor.detach()` (the same memory). CuPy is imported only when something here needs it.
 
 `prepare` looks up the two kernels of the family for this dtype and these flags (compiling the family's module once
-per process: `cupy.RawModule`, cached on disk by CuPy), records the pointers of params and slots, and decides whether
-the group can run flat: params laid out back to back in memory, and every active slot likewise (views of flat
-buffers, or a single tensor). `run` launches ONE kernel on the current CuPy stream:
+per process with `cupy.RawModule`; CuPy >= 14.1 keeps the compiled module in its disk cache, older CuPy recompiles it
+in every process, 1-3 s per family, and a warning says so), records the pointers of params and slots, sizes both grids
+from CuPy's occupancy query for the kernel launched (one wave of resident blocks, each looping over its share), and
+decides whether the group can run flat: params laid out back to back in memory, and every active slot likewise.
+`run` launches ONE kernel:
 - flat   when the grads are back to back too: one grid-stride pass over the whole buffer;
 - table  otherwise: a device-side table of pointers and int64 sizes built once (params and slots), a chunk table
          (tensor, chunk) built once, and the grads' pointer table, rewritten (one small host-to-device copy on the
-         current stream) only when the grads' addresses differ from the previous step's.
+         launch stream) only when the grads' addresses differ from the previous step's.
 The mode is chosen again only when the grads' addresses change, so a training loop reusing its grad buffers does no
-host-to-device copy and no allocation per step (the launch itself is graph-capturable then).
+host-to-device copy and no allocation per step. Nothing is remembered from a step whose checks failed.
+
+Streams: the launch goes to torch's current stream when the params are torch tensors (the backward pass that wrote
+the grads ran there), else to CuPy's current stream. Before the grads' table is rewritten on one stream while the
+last launch that read it went to another, the writing stream waits for that launch (an event).
+
+Not capturable in a CUDA graph: lr, the bias corrections and the other per-step scalars are kernel arguments, frozen
+at capture, so a replayed graph would keep training with the first step's values.
 
 bfloat16: CuPy has no bfloat16 dtype of its own; parameters of dtype `bfloat16` (ml_dtypes) or `uint16` (bfloat16
 bits, e.g. a torch bfloat16 tensor viewed as int16) are updated as bfloat16 with float32 state.
@@ -22,18 +32,20 @@ from __future__ import annotations
 
 import operator
 import sys
+import warnings
 
 import numpy as np
 
 from fastopt import cuda_build
 
-BLOCKS_PER_SM = 8          # 2048 resident threads per SM / BLOCK (256): the flat grid fills the device once
-_TABLE_BLOCKS_PER_SM = 32  # table grids: up to 4 waves of chunks before blocks loop over chunks
+# The oldest CuPy whose disk cache keeps modules built with name_expressions (older ones recompile in every process).
+CUPY_DISK_CACHE_VERSION = (14, 1)
 
 _cupy = None
 _import_error: str | None = None
-_modules: dict = {}        # family -> cupy.RawModule (CuPy compiles lazily, caches on disk and per device)
+_modules: dict = {}        # family -> cupy.RawModule (compiled lazily, per device)
 _sm_counts: dict = {}      # device id -> number of SMs
+_warned_cache = False
 
 
 def _import_cupy():
@@ -57,6 +69,25 @@ def _cp():
     return cp
 
 
+def _torch():
+    """torch, when the program has imported it (fastopt never imports it itself)."""
+    return sys.modules.get("torch")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit()) or "0"
+        parts.append(int(digits) if piece[:1].isdigit() else 0)
+    return tuple(parts)
+
+
+def cupy_caches_on_disk(cp=None) -> bool:
+    """True when this CuPy keeps modules built with name_expressions in its disk cache (CuPy >= 14.1)."""
+    cp = cp or _cp()
+    return _version_tuple(getattr(cp, "__version__", "0")) >= CUPY_DISK_CACHE_VERSION
+
+
 def _dtype_key(dtype) -> str:
     d = np.dtype(dtype)
     if d == np.uint16 or d.name == "bfloat16":
@@ -68,10 +99,18 @@ def _dtype_key(dtype) -> str:
 
 
 def _module(family: str):
+    global _warned_cache
     mod = _modules.get(family)
     if mod is None:
-        mod = _cp().RawModule(code=cuda_build.source(family), options=cuda_build.DEVICE_OPTIONS,
-                              name_expressions=cuda_build.name_expressions(family))
+        cp = _cp()
+        if not cupy_caches_on_disk(cp) and not _warned_cache:
+            _warned_cache = True
+            warnings.warn(f"CuPy {cp.__version__} does not keep kernels built with name expressions in its disk "
+                          f"cache: every new process compiles each fastopt kernel family again (1-3 s each). "
+                          f"CuPy >= {'.'.join(map(str, CUPY_DISK_CACHE_VERSION))} caches them.", RuntimeWarning,
+                          stacklevel=3)
+        mod = cp.RawModule(code=cuda_build.source(family), options=cuda_build.DEVICE_OPTIONS,
+                           name_expressions=cuda_build.name_expressions(family))
         _modules[family] = mod
     return mod
 
@@ -80,6 +119,16 @@ def _sm_count(device_id: int) -> int:
     if device_id not in _sm_counts:
         _sm_counts[device_id] = int(_cp().cuda.Device(device_id).attributes["MultiProcessorCount"])
     return _sm_counts[device_id]
+
+
+def resident_blocks(kernel, device_id: int) -> int:
+    """Blocks of BLOCK threads of `kernel` (a CuPy RawKernel) resident on the whole device at once: CUDA's occupancy
+    calculator for this compiled kernel (its registers decide it: 3-6 blocks per SM for these kernels on sm_90)."""
+    cp = _cp()
+    per_sm = int(cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, cuda_build.BLOCK, 0))
+    if per_sm < 1:
+        raise RuntimeError(f"{kernel.name}: no block of {cuda_build.BLOCK} threads fits on an SM (occupancy 0)")
+    return per_sm * _sm_count(device_id)
 
 
 def _back_to_back(ptrs, sizes, itemsize) -> bool:
@@ -98,6 +147,30 @@ def _first_ptr(ptrs, sizes) -> int:
     return next((p for p, n in zip(ptrs, sizes) if n), 0)
 
 
+def _from_torch(array) -> bool:
+    """True when a CuPy array is a view of a torch tensor's memory (CuPy keeps the exporting object as the owner)."""
+    torch = _torch()
+    owner = getattr(getattr(getattr(array, "data", None), "mem", None), "_owner", None)
+    return torch is not None and owner is not None and isinstance(owner, torch.Tensor)
+
+
+class _StreamHandle:
+    """A raw cudaStream_t under the CUDA stream protocol, for cupy.cuda.Stream.from_external."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self):
+        return (0, self.handle)
+
+
+def _external_stream(cp, handle: int, device_id: int):
+    from_external = getattr(cp.cuda.Stream, "from_external", None)   # CuPy >= 14; ExternalStream is deprecated there
+    if from_external is not None:
+        return from_external(_StreamHandle(handle))
+    return cp.cuda.ExternalStream(handle, device_id)
+
+
 class _CudaPlan:
     def __init__(self, spec, params, slots, flags):
         cp = _cp()
@@ -111,6 +184,7 @@ class _CudaPlan:
         self.total = sum(self.sizes)
         arrays = self.params + [a for s in self.slots if s is not None for a in s]
         self.device = _one_device(arrays, "params and state")
+        self.on_torch_stream = any(_from_torch(p) for p in self.params)
         self.param_ptrs = [int(p.data.ptr) for p in self.params]
         self.slot_ptrs = [None if s is None else [int(a.data.ptr) for a in s] for s in self.slots]
         p_size = np.dtype(dtype).itemsize
@@ -122,23 +196,25 @@ class _CudaPlan:
             mod = _module(self.family)
             self.flat_kernel = mod.get_function(cuda_build.kernel_name(self.family, "flat", key, flags))
             self.table_kernel = mod.get_function(cuda_build.kernel_name(self.family, "table", key, flags))
-        sms = _sm_count(self.device)
-        width = cuda_build.vector_width(key)
-        per_block = cuda_build.BLOCK * width
-        self.flat_blocks = max(1, min(-(-self.total // per_block), sms * BLOCKS_PER_SM))
+            # One wave of resident blocks; more would queue behind it, a partial last wave idling most of the device.
+            self.flat_resident = resident_blocks(self.flat_kernel, self.device)
+            self.table_resident = resident_blocks(self.table_kernel, self.device)
+        per_block = cuda_build.BLOCK * cuda_build.vector_width(key)
+        self.flat_blocks = max(1, min(-(-self.total // per_block), self.flat_resident))
         self._table = None        # built on first need: (prefix args, blocks, grad table device array)
+        self._table_stream = None  # the stream of the last launch that read the grads' table
         self._grad_key = None     # the grads' addresses the current mode was chosen for
         self._grad_objects = []   # the grads of the last step (held, so their memory stays theirs)
         self._kernel = None
         self._blocks = 0
         self._prefix = ()
-        self._sms = sms
+        self._streams = {}        # torch stream handle -> CuPy stream object
 
     # -- the table, built once --------------------------------------------------------------------------------------
 
     def _build_table(self):
         cp = _cp()
-        chunk_elems = cuda_build.choose_chunk_elems(self.total, self._sms * BLOCKS_PER_SM)
+        chunk_elems = cuda_build.choose_chunk_elems(self.total, self.table_resident)
         chunks = cuda_build.build_chunk_table(self.sizes, chunk_elems)
         ptrs = cuda_build.pack_pointer_table(self.param_ptrs, self.slot_ptrs)
         with cp.cuda.Device(self.device):
@@ -150,15 +226,33 @@ class _CudaPlan:
             d_chunks[:len(chunks)].set(chunks, stream=stream)
             d_ptrs.set(ptrs, stream=stream)
             d_sizes.set(np.asarray(self.sizes, dtype=np.int64), stream=stream)
-            stream.synchronize()  # the host arrays above are temporaries
-        blocks = max(1, min(len(chunks), self._sms * _TABLE_BLOCKS_PER_SM))
+            stream.synchronize()  # the host arrays above are temporaries; every stream sees the tables from now on
+        blocks = max(1, min(len(chunks), self.table_resident))
         prefix = (d_chunks, np.int64(len(chunks)), np.int64(chunk_elems), d_ptrs, d_grads, d_sizes,
                   np.int64(len(self.sizes)))
         self._table = (prefix, blocks, d_grads)
 
+    # -- the launch stream ------------------------------------------------------------------------------------------
+
+    def _stream(self):
+        cp = _cupy
+        if not self.on_torch_stream:
+            if cp.cuda.runtime.getDevice() == self.device:
+                return cp.cuda.get_current_stream()
+            with cp.cuda.Device(self.device):
+                return cp.cuda.get_current_stream()
+        handle = int(_torch().cuda.current_stream(self.device).cuda_stream)
+        stream = self._streams.get(handle)
+        if stream is None:
+            if len(self._streams) >= 16:
+                self._streams.clear()
+            stream = self._streams[handle] = _external_stream(cp, handle, self.device)
+        return stream
+
     # -- choosing the mode when the grads' addresses change --------------------------------------------------------
 
-    def _select(self, grads, key):
+    def _select(self, grads, key, stream):
+        # Every check first: a failed one leaves the plan exactly as it was.
         if len(grads) != len(self.params):
             raise ValueError(f"grads: expected {len(self.params)} arrays (one per param), got {len(grads)}")
         device = _one_device(grads, "grads")
@@ -176,8 +270,13 @@ class _CudaPlan:
             prefix, blocks, d_grads = self._table
             cp = _cp()
             with cp.cuda.Device(self.device):
-                # Ordered on the current stream after any launch that still reads the previous table.
-                d_grads.set(np.asarray(key, dtype=np.uint64), stream=cp.cuda.get_current_stream())
+                last = self._table_stream
+                if last is not None and last.ptr != stream.ptr:
+                    # The last launch that reads this table went to another stream: wait for it before overwriting.
+                    done = cp.cuda.Event(disable_timing=True)
+                    done.record(last)
+                    stream.wait_event(done)
+                d_grads.set(np.asarray(key, dtype=np.uint64), stream=stream)
             self._kernel = self.table_kernel
             self._blocks = blocks
             self._prefix = prefix
@@ -186,28 +285,36 @@ class _CudaPlan:
     def run(self, grads, scalars):
         if not self.total:
             return
+        stream = self._stream()
         # The same grad objects as last step: a CuPy array's memory never moves, so nothing needs a new look.
         if len(grads) == len(self._grad_objects) and all(map(operator.is_, grads, self._grad_objects)):
-            self._launch(self._kernel, self._blocks, self._prefix + tuple([self.ctype(s) for s in scalars]))
+            self._launch(stream, self._prefix + tuple([self.ctype(s) for s in scalars]))
             return
-        self._grad_objects = list(grads)
+        given = list(grads)
         try:
             key = tuple([g.data.ptr for g in grads])
         except AttributeError:  # not CuPy arrays: view them
             grads = [BACKEND.as_array(g) for g in grads]
             key = tuple([g.data.ptr for g in grads])
-        if key != self._grad_key:
-            self._select(grads, key)
+        if key != self._grad_key or len(grads) != len(self.params):
+            self._select(grads, key, stream)
+        self._grad_objects = given   # only now: these grads passed every check
         ctype = self.ctype
-        self._launch(self._kernel, self._blocks, self._prefix + tuple([ctype(s) for s in scalars]))
+        self._launch(stream, self._prefix + tuple([ctype(s) for s in scalars]))
 
-    def _launch(self, kernel, blocks, args):
+    def _launch(self, stream, args):
+        kernel = self._kernel
+        if kernel is self.table_kernel:
+            self._table_stream = stream
         cp = _cupy
         if cp.cuda.runtime.getDevice() != self.device:
-            with cp.cuda.Device(self.device):
-                kernel((blocks,), (cuda_build.BLOCK,), args)
+            with cp.cuda.Device(self.device), stream:
+                kernel((self._blocks,), (cuda_build.BLOCK,), args)
+        elif self.on_torch_stream:
+            with stream:
+                kernel((self._blocks,), (cuda_build.BLOCK,), args)
         else:
-            kernel((blocks,), (cuda_build.BLOCK,), args)
+            kernel((self._blocks,), (cuda_build.BLOCK,), args)   # stream is CuPy's current one
 
 
 def _one_device(arrays, what) -> int:
@@ -218,6 +325,31 @@ def _one_device(arrays, what) -> int:
 
 
 _DLPACK_CUDA = (2, 13)   # kDLCUDA, kDLCUDAManaged
+
+
+def _exportable(array):
+    """What to view: a torch tensor that requires grad refuses both exports (its __cuda_array_interface__ raises
+    RuntimeError, which hasattr does not catch), its detach() shares the memory and exports."""
+    if getattr(array, "requires_grad", False) is True and callable(getattr(array, "detach", None)):
+        return array.detach()
+    return array
+
+
+def _cuda_interface(array):
+    try:
+        return array.__cuda_array_interface__
+    except Exception:  # noqa: BLE001 - torch raises AttributeError (CPU tensor) or RuntimeError; absent: not CUDA
+        return None
+
+
+def _dlpack_on_cuda(array) -> bool:
+    device = getattr(array, "__dlpack_device__", None)
+    if device is None:
+        return False
+    try:
+        return int(device()[0]) in _DLPACK_CUDA
+    except Exception:  # noqa: BLE001
+        return False
 
 
 class CudaBackend:
@@ -247,6 +379,8 @@ class CudaBackend:
         return None
 
     def owns(self, array) -> bool:
+        """True exactly when `as_array` can view `array` (a CuPy array, or CUDA memory through one of the two
+        exports, torch tensors that require grad included)."""
         module = type(array).__module__
         if module.startswith("cupy"):
             cp = _import_cupy()
@@ -254,29 +388,27 @@ class CudaBackend:
         if isinstance(array, np.ndarray):
             return False
         try:
-            has_interface = array.__cuda_array_interface__ is not None
-        except Exception:  # noqa: BLE001 - torch raises AttributeError/RuntimeError for CPU tensors
-            has_interface = False
-        if has_interface:
-            return True
-        device = getattr(array, "__dlpack_device__", None)
-        if device is None:
+            array = _exportable(array)
+        except Exception:  # noqa: BLE001 - an object whose detach() fails is not ours to view
             return False
-        try:
-            return int(device()[0]) in _DLPACK_CUDA
-        except Exception:  # noqa: BLE001
-            return False
+        return _cuda_interface(array) is not None or _dlpack_on_cuda(array)
 
     def as_array(self, array):
         cp = _cp()
         if isinstance(array, cp.ndarray):
             return array
-        if str(getattr(array, "dtype", "")).endswith("bfloat16") and "torch" in sys.modules:
+        array = _exportable(array)
+        torch = _torch()
+        if torch is not None and isinstance(array, torch.Tensor) and array.dtype == torch.bfloat16:
             # torch exports no bfloat16 through __cuda_array_interface__: travel as the bits (uint16).
-            return cp.asarray(array.view(sys.modules["torch"].int16)).view(cp.uint16)
-        if hasattr(array, "__cuda_array_interface__"):
-            return cp.asarray(array)          # zero-copy view
-        return cp.from_dlpack(array)          # zero-copy view
+            array = array.view(torch.int16)
+            return cp.asarray(array).view(cp.uint16)
+        if _cuda_interface(array) is not None:
+            return cp.asarray(array)          # zero-copy view; CuPy keeps `array` as the memory's owner
+        if _dlpack_on_cuda(array):
+            return cp.from_dlpack(array)      # zero-copy view
+        raise TypeError(f"the cuda backend updates CuPy arrays and CUDA arrays that export __cuda_array_interface__ "
+                        f"or DLPack, got {type(array).__module__}.{type(array).__qualname__}")
 
     def state_dtype(self, param_dtype):
         key = _dtype_key(param_dtype)
@@ -322,5 +454,8 @@ def describe() -> list[str]:
     lines.append(f"CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}, driver {cp.cuda.runtime.driverGetVersion()}, "
                  f"CuPy {cp.__version__}")
     cache = os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
-    lines.append(f"CuPy kernel cache {cache}; fastopt kernel families compiled in this process: {sorted(_modules)}")
+    kept = "kept across processes" if cupy_caches_on_disk(cp) else \
+        f"NOT kept for fastopt's kernels by CuPy {cp.__version__} (needs >= 14.1): every process recompiles"
+    lines.append(f"CuPy kernel cache {cache} ({kept}); fastopt kernel families compiled in this process: "
+                 f"{sorted(_modules)}")
     return lines
