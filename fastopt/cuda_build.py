@@ -329,6 +329,109 @@ def check_kernels(archs=("sm_80", "sm_90"), max_registers: int | None = None, ou
     return status
 
 
+# ---- NVRTC: what CuPy compiles, compiled here without a GPU --------------------------------------------------------
+
+def cupy_nvrtc_options(arch: str) -> tuple[str, ...]:
+    """The options CuPy (13 and 14, cupy/cuda/compiler.py) hands NVRTC for a RawModule built with DEVICE_OPTIONS on a
+    device of architecture `arch` ("sm_90"): ours, then -ftz=true, the architecture (sm_XX: NVRTC emits the cubin
+    itself) and --device-as-default-execution-space."""
+    return (*DEVICE_OPTIONS, "-ftz=true", f"-arch={arch}", "--device-as-default-execution-space")
+
+
+def nvrtc_version() -> tuple[int, int] | None:
+    """NVRTC's version as CuPy's bindings load it, or None where CuPy or the NVRTC library is missing."""
+    try:
+        from cupy.cuda import nvrtc
+        return tuple(nvrtc.getVersion())
+    except Exception:  # noqa: BLE001 - no CuPy, or no libnvrtc: nothing to compile with
+        return None
+
+
+def nvrtc_compile(family: str, arch: str, ptx: bool = False):
+    """Compile a family as the cuda backend's RawModule does, through CuPy's NVRTC bindings (no device needed).
+    Returns (cubin or PTX bytes, {name expression: lowered name}); raises RuntimeError with NVRTC's log."""
+    from cupy.cuda import nvrtc
+
+    names = name_expressions(family)
+    options = cupy_nvrtc_options(arch)
+    if ptx:
+        options = tuple(o.replace("-arch=sm_", "-arch=compute_") for o in options)
+    prog = nvrtc.createProgram(source(family), f"{family}.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, list(options))
+        except Exception as error:  # NVRTCError: report it with the compiler's log
+            raise RuntimeError(f"NVRTC rejected {family} for {arch}: {error}\n{nvrtc.getProgramLog(prog)}") from error
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        code = nvrtc.getPTX(prog) if ptx else nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return code, lowered
+
+
+def _ptxas_version(ptxas: str) -> tuple[int, int] | None:
+    out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_nvrtc(archs=("sm_80", "sm_90"), out=None) -> int:
+    """Every family through NVRTC with CuPy's options, for every arch: the cubin CuPy would load, every name
+    expression lowered. Where a ptxas no older than NVRTC exists, the PTX also goes through `ptxas -v` (registers and
+    spills of what NVRTC generates). 0 when all compiled without spills; 2 when NVRTC cannot be loaded."""
+    out = out or sys.stdout
+    version = nvrtc_version()
+    if version is None:
+        print("check-nvrtc: CuPy's NVRTC bindings cannot load NVRTC (install the nvidia-cuda-nvrtc wheel matching "
+              "CuPy's CUDA major version)", file=out)
+        return 2
+    nvcc = find_nvcc()
+    ptxas = str(Path(nvcc).parent / "ptxas") if nvcc else shutil.which("ptxas")
+    ptxas_version = _ptxas_version(ptxas) if ptxas and Path(ptxas).is_file() else None
+    use_ptxas = ptxas_version is not None and ptxas_version >= version
+    print(f"check-nvrtc: NVRTC {version[0]}.{version[1]}; options {' '.join(cupy_nvrtc_options('<arch>'))}; "
+          + (f"PTX through ptxas {ptxas_version[0]}.{ptxas_version[1]}" if use_ptxas else
+             "no ptxas at least as new as NVRTC: cubins only"), file=out)
+    status = 0
+    for family in FAMILIES:
+        for arch in archs:
+            try:
+                cubin, lowered = nvrtc_compile(family, arch)
+            except RuntimeError as error:
+                print(error, file=out)
+                status = 1
+                continue
+            bad = [n for n, low in lowered.items() if not low.startswith("_Z")]
+            line = f"{family:9} {arch}: {len(lowered)} kernels, cubin {len(cubin)} bytes"
+            if bad:
+                line += f"  <-- FAIL: names not lowered {bad[:2]}"
+                status = 1
+            if use_ptxas:
+                ptx, _ = nvrtc_compile(family, arch, ptx=True)
+                with tempfile.TemporaryDirectory(prefix="fastopt-nvrtc-") as tmp:
+                    src = Path(tmp) / f"{family}.ptx"
+                    src.write_bytes(ptx)
+                    proc = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(Path(tmp) / "out.cubin"),
+                                           str(src)], capture_output=True, text=True)
+                info = _parse_ptxas(proc.stdout + proc.stderr)
+                if proc.returncode != 0:
+                    line += f"  <-- FAIL: ptxas exit {proc.returncode}: {(proc.stderr or proc.stdout)[:300]}"
+                    status = 1
+                else:
+                    regs = [d["registers"] for d in info.values()]
+                    spills = sum(d["spill_stores"] + d["spill_loads"] for d in info.values())
+                    line += f"; ptxas: {len(info)} entries, registers {min(regs, default=0)}-{max(regs, default=0)}, " \
+                            f"spill bytes {spills}"
+                    if spills or len(info) != len(lowered):
+                        line += "  <-- FAIL"
+                        status = 1
+            print(line, file=out)
+    print(f"check-nvrtc: {'ok' if status == 0 else 'FAILED'}", file=out)
+    return status
+
+
 # ---- the host build -------------------------------------------------------------------------------------------------
 
 def _host_entries(family: str) -> str:
