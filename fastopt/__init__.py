@@ -4,11 +4,45 @@
     opt.step(grads)          # every param updated in place, one fused pass over memory
 """
 
-from fastopt import functional
-from fastopt.dispatch import available_backends
-from fastopt.flat import flatten
-from fastopt.optim import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop
-from fastopt.specs import SPECS
+import importlib.util as _util
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _kernels_from_checkout() -> None:
+    """Installed, `kernels/` is the package `fastopt.kernels`. From a plain checkout on sys.path it is not: register
+    the checkout's `kernels/` under that name, so the cpu kernels load without installing."""
+    if "fastopt.kernels" in _sys.modules or _util.find_spec("fastopt.kernels") is not None:
+        return
+    source = _Path(__file__).resolve().parent.parent / "kernels"
+    if not (source / "__init__.py").is_file():
+        return  # an install without kernels: the cpu backend reports itself unavailable, saying why
+    spec = _util.spec_from_file_location("fastopt.kernels", source / "__init__.py",
+                                         submodule_search_locations=[str(source)])
+    module = _util.module_from_spec(spec)
+    _sys.modules["fastopt.kernels"] = module
+    spec.loader.exec_module(module)
+    globals()["kernels"] = module
+
+
+_kernels_from_checkout()
+
+from fastopt import functional  # noqa: E402 - after the kernels are findable
+from fastopt.dispatch import available_backends  # noqa: E402
+from fastopt.flat import flatten  # noqa: E402
+from fastopt.optim import (  # noqa: E402
+    OPTIMIZERS,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    AdamW,
+    Momentum,
+    Nesterov,
+    Optimizer,
+    RMSprop,
+)
+from fastopt.specs import SPECS  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -44,13 +44,13 @@ def hint(array) -> str:
     return ""
 
 
-def _family_of(array) -> str:
+def _family_of(array, name="array") -> str:
     """'numpy' for NumPy arrays, 'cuda' for CUDA arrays; TypeError for anything else."""
     if get_backend("numpy").owns(array):
         return "numpy"
     if get_backend("cuda").owns(array):
         return "cuda"
-    raise TypeError(f"expected a NumPy array or a CUDA array (CuPy, or anything with __cuda_array_interface__ "
+    raise TypeError(f"{name}: expected a NumPy array or a CUDA array (CuPy, or anything with __cuda_array_interface__ "
                     f"or a CUDA __dlpack__), got {type(array).__name__}{hint(array)}")
 
 
@@ -68,7 +68,7 @@ def choose_backend(arrays, requested: str | None = None):
     global _warned_fallback
     if not arrays:
         raise ValueError("params is empty: an optimizer needs at least one array")
-    families = {_family_of(a) for a in arrays}
+    families = {_family_of(a, f"params[{i}]") for i, a in enumerate(arrays)}
     if len(families) > 1:
         raise TypeError("params mix NumPy and CUDA arrays; one optimizer (or param group) takes arrays of one kind")
     family = families.pop()
