@@ -1,4 +1,8 @@
-"""The `cpu` backend: fused Numba kernels (fastopt.kernels.cpu), one parallel call per param group and dtype."""
+"""The `cpu` backend: fused Numba kernels (fastopt.kernels.cpu), one call per param group and dtype.
+
+A step that moves fewer than PARALLEL_MIN_BYTES runs serially in the calling thread; a larger one is shared between
+Numba's threads (see fastopt.threads for how they wait afterwards). The choice is made once, when the plan is built.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,23 @@ import numpy as np
 from fastopt.backends.numpy import NumpyArrays
 from fastopt.specs import SPECS
 
+# Bytes a step moves (every read and write of params, grads and state) below which it runs serially: waking a
+# second thread costs more than it saves. Measured on 2 cores (Adam and SGD, float32 and float64, inside a training
+# loop and alone, benchmarks/cpu_threads.py): see docs/benchmarks.md for the figures.
+PARALLEL_MIN_BYTES = 8 << 20
+
 _import_error: str | None = None
-try:  # Numba can fail at import (no writable cache directory, llvmlite mismatch): fall back, say why.
+try:  # Numba can fail at import (llvmlite mismatch, ...): fall back, say why.
+    import numba
+
+    if numba.config.DISABLE_JIT:
+        raise ImportError("NUMBA_DISABLE_JIT is set, so Numba compiles nothing")
+    from fastopt import threads
     from fastopt.kernels.cpu._common import chunk_table
 
     for _family in {spec.kernel for spec in SPECS.values()}:
-        importlib.import_module(f"fastopt.kernels.cpu.{_family}")  # compiles nothing yet; checks cache locators
+        importlib.import_module(f"fastopt.kernels.cpu.{_family}")  # compiles nothing yet
+    threads.start()
 except Exception as error:  # noqa: BLE001 - any import failure means "not available", with its message
     _import_error = f"numba kernels could not be loaded: {type(error).__name__}: {error}"
 
@@ -31,7 +46,12 @@ class _NumbaPlan:
     """
 
     def __init__(self, spec, params, slots, flags):
-        self.kernel = importlib.import_module(f"fastopt.kernels.cpu.{spec.kernel}").update
+        driver = importlib.import_module(f"fastopt.kernels.cpu.{spec.kernel}").update
+        arrays = 3 + 2 * sum(slots[s.name] is not None for s in spec.slots)  # p, g read, p written; slots both
+        self.bytes_per_step = arrays * sum(p.nbytes for p in params)
+        self.parallel = self.bytes_per_step >= PARALLEL_MIN_BYTES
+        self.kernel = driver.parallel if self.parallel else driver.serial
+        self.lock = threads.KERNEL_LOCK if self.parallel else None
         self.cast = params[0].dtype.type  # scalars in the array's dtype keep the loop in float32 for float32
         self.chunks = chunk_table([p.size for p in params])
         self.arrays = [params, *(slots[s.name] for s in spec.slots)]
@@ -48,7 +68,11 @@ class _NumbaPlan:
         if len(grads) != len(self._grads) or not all(map(operator.is_, grads, self._grads)):
             self.table[1] = _addresses(grads)
             self._grads = list(grads)
-        self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
+        if self.lock is None:
+            self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
+        else:
+            with self.lock:
+                self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
 
 
 class CpuBackend(NumpyArrays):

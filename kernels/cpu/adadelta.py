@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
+from ._common import SPAN_OPTIONS, direction, driver, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -19,7 +19,7 @@ def _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
         p[i] = param - lr * delta
 
 
-@njit(**DRIVER_OPTIONS)
+@driver
 def update(chunks, table, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
+from ._common import SPAN_OPTIONS, direction, driver, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -17,7 +17,7 @@ def _span(p, g, total, clr, grad_sign, weight_decay, eps):
         p[i] = param - clr * (d / (np.sqrt(s) + eps))
 
 
-@njit(**DRIVER_OPTIONS)
+@driver
 def update(chunks, table, clr, grad_sign, weight_decay, eps):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]

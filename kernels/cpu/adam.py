@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, span
+from ._common import SPAN_OPTIONS, driver, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -30,7 +30,7 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
         p[i] = param - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
 
 
-@njit(**DRIVER_OPTIONS)
+@driver
 def update(chunks, table, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
            bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
     for c in prange(chunks.shape[0]):

@@ -2,7 +2,7 @@
 
 from numba import njit, prange
 
-from ._common import DRIVER_OPTIONS, SPAN_OPTIONS, direction, span
+from ._common import SPAN_OPTIONS, direction, driver, span
 
 
 @njit(**SPAN_OPTIONS)
@@ -18,7 +18,7 @@ def _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_s
         p[i] = param - lr * d
 
 
-@njit(**DRIVER_OPTIONS)
+@driver
 def update(chunks, table, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
     for c in prange(chunks.shape[0]):
         t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
