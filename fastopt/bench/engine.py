@@ -273,6 +273,27 @@ def _rotate_bytes(config: Config, device: str) -> int:
     return int(min(max(2 * llc, 64 << 20), cap))
 
 
+def last_level_cache_bytes(device: str) -> int:
+    """The cache a measurement must overflow: L3 (else L2) on CPU, L2 on GPU; 32 MiB / 60 MiB when unknown."""
+    if device == "gpu":
+        return (gpu_info() or {}).get("l2_cache_bytes") or (60 << 20)
+    return _cache_bytes(3) or _cache_bytes(2) or (32 << 20)
+
+
+def beyond_cache(footprint_bytes: int, device: str, llc_bytes: int | None = None) -> bool:
+    """Whether arrays spanning `footprint_bytes` (all rotated instances together) stream from memory: at least twice
+    the last-level cache. Below that a measurement partly runs from cache, and a % of a stream measured the same way
+    says nothing about the memory limit (a 4M Adam in a 32 MB L3 once read "62% of the stream" for a step at ~100%
+    of DRAM bandwidth), so no roofline % is given for it."""
+    llc = last_level_cache_bytes(device) if llc_bytes is None else llc_bytes
+    return footprint_bytes >= 2 * llc
+
+
+def _state_itemsize(dtype: str) -> int:
+    """fastopt keeps float32 state for float16/bfloat16 params (fp32 arithmetic), the param's dtype otherwise."""
+    return 4 if dtype in ("float16", "bfloat16") else _itemsize(dtype)
+
+
 MAX_ROTATED_TENSORS = 16_000
 
 
@@ -350,23 +371,29 @@ def _progress(config: Config, total: int):
 
 
 def _measure_stream(device, n, n_slots, dtype, rotate, options, max_instances):
+    """The stream with the optimizer's access pattern: params and grads in `dtype`, state as fastopt keeps it (fp32
+    for fp16/bf16 params), rotated over instances that together span `rotate` bytes."""
     stream_dtype = "float16" if dtype == "bfloat16" else dtype     # same bytes; CuPy has no bfloat16
-    itemsize = _itemsize(dtype)
-    working = n * (2 + n_slots) * itemsize
+    itemsize, state_itemsize = _itemsize(dtype), _state_itemsize(dtype)
+    working = n * (2 * itemsize + n_slots * state_itemsize)
     count = max(1, min(max_instances, math.ceil(rotate / max(working, 1))))
-    make = _roofline.gpu_stream_step if device == "gpu" else _roofline.cpu_stream_step
-    steps = [make(n_slots, n, stream_dtype) for _ in range(count)]
+    if device == "gpu":
+        steps = [_roofline.gpu_stream_step(n_slots, n, stream_dtype, state_dtype="float32" if state_itemsize == 4
+                                           else stream_dtype) for _ in range(count)]
+    else:
+        steps = [_roofline.cpu_stream_step(n_slots, n, stream_dtype) for _ in range(count)]
     t = measure(steps, **options)
-    moved = n * (3 + 2 * n_slots) * itemsize
+    moved = n * (3 * itemsize + 2 * n_slots * state_itemsize)
     return {"kind": "stream", "reads": 2 + n_slots, "writes": 1 + n_slots, "bytes": moved,
-            "instances": count, "gbps": moved / t.seconds / 1e9, **t.as_dict()}
+            "state_itemsize": state_itemsize, "instances": count, "footprint_bytes": count * working,
+            "gbps": moved / t.seconds / 1e9, **t.as_dict()}
 
 
 def _measure_copy(n_bytes, rotate, options, max_instances):
     count = max(1, min(max_instances, math.ceil(rotate / max(2 * n_bytes, 1))))
     steps = [_roofline.gpu_copy_step(n_bytes) for _ in range(count)]
     t = measure(steps, **options)
-    return {"kind": "d2d_copy", "bytes": 2 * n_bytes, "instances": count,
+    return {"kind": "d2d_copy", "bytes": 2 * n_bytes, "instances": count, "footprint_bytes": count * 2 * n_bytes,
             "gbps": 2 * n_bytes / t.seconds / 1e9, **t.as_dict()}
 
 
@@ -485,13 +512,11 @@ def _run_block(section, workload, dtype, cases, options, rotate, config, results
         if "gbps" not in record:
             continue
         stream = streams.get(access_pattern(CASES[record["optimizer"]])[0] - 2, {})
-        if "gbps" in stream:
-            record["roofline_gbps"] = stream["gbps"]
-            record["roofline_pct"] = 100.0 * record["gbps"] / stream["gbps"]
+        _set_roofline(record, stream, device)
 
 
 def _measure_impl(impl, case, workload, dtype, itemsize, stream, options, rotate, config, record, state_sizes):
-    n_arrays_bytes = workload.params * (2 + len(case.active_slots())) * itemsize
+    n_arrays_bytes = workload.params * (2 * itemsize + len(case.active_slots()) * _state_itemsize(dtype))
     count = rotation_count(n_arrays_bytes, max_instances=config.max_instances, tensors=workload.tensors,
                            rotate_bytes=rotate)
     instances = [impl.build(case, workload.shapes, dtype, seed=i) for i in range(count)]
@@ -507,12 +532,29 @@ def _measure_impl(impl, case, workload, dtype, itemsize, stream, options, rotate
     moved = bpp * workload.params
     gbps = moved / t.seconds / 1e9
     record.update({"bytes_per_param": bpp, "bytes_per_step": moved, "instances": count, "gbps": gbps,
-                   "params_per_s": workload.params / t.seconds, **t.as_dict()})
-    if "gbps" in stream:
-        record["roofline_gbps"] = stream["gbps"]
-        record["roofline_pct"] = 100.0 * gbps / stream["gbps"]
+                   "footprint_bytes": count * n_arrays_bytes, "params_per_s": workload.params / t.seconds,
+                   **t.as_dict()})
+    _set_roofline(record, stream, record["device"])
     if getattr(impl, "note", None):
         record["note"] = impl.note
+
+
+def _set_roofline(record, stream, device) -> None:
+    """The stream's GB/s beside the record, and the % of it only when both ran beyond the last-level cache."""
+    record.pop("roofline_pct", None)
+    if "gbps" not in stream:
+        return
+    record["roofline_gbps"] = stream["gbps"]
+    in_cache = [what for what, footprint in (("step", record.get("footprint_bytes", 0)),
+                                             ("stream", stream.get("footprint_bytes", 0)))
+                if not beyond_cache(footprint, device)]
+    if in_cache:
+        record["cache_resident"] = True
+        record["roofline_note"] = (f"no roofline %: the {' and the '.join(in_cache)} arrays fit in twice the "
+                                   f"last-level cache ({last_level_cache_bytes(device) >> 20} MiB)")
+    else:
+        record["cache_resident"] = False
+        record["roofline_pct"] = 100.0 * record["gbps"] / stream["gbps"]
 
 
 def add_ratios(results: dict) -> None:
@@ -539,8 +581,10 @@ def headline(results: dict) -> dict:
             continue
         r = max(adam, key=lambda r: r["params"])
         out[device] = {"workload": r["workload"], "optimizer": r["optimizer"], "time_ms": r["time_s"] * 1e3,
-                       "gbps": r["gbps"], "roofline_pct": r.get("roofline_pct"), "vs": r.get("vs", {})}
+                       "gbps": r["gbps"], "roofline_pct": r.get("roofline_pct"),
+                       "roofline_note": r.get("roofline_note"), "vs": r.get("vs", {})}
     return out
 
 
-__all__ = ["SINGLE_SIZES", "Config", "add_ratios", "headline", "machine_info", "plan", "run"]
+__all__ = ["SINGLE_SIZES", "Config", "add_ratios", "beyond_cache", "headline", "last_level_cache_bytes",
+           "machine_info", "plan", "run"]

@@ -92,6 +92,8 @@ def headline_lines(results: dict) -> list[str]:
         bits = [f"{device}: {h['optimizer']} fp32 {h['workload']}: {h['time_ms']:.2f} ms/step, {h['gbps']:.1f} GB/s"]
         if h.get("roofline_pct") is not None:
             bits.append(f"{h['roofline_pct']:.0f}% of the measured stream")
+        elif h.get("roofline_note"):
+            bits.append(h["roofline_note"])
         for other in ("numpy", "cupy-chain", "torch-fused", "torch-foreach"):
             if other in vs:
                 bits.append(f"{vs[other]:.1f}x {other}")
