@@ -79,8 +79,12 @@ def _checked_step(value, where: str) -> int:
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic)) and (
             value.numel() if isinstance(value, torch.Tensor) else value.size) == 1:
         number = value.item()
-    if not isinstance(number, numbers.Real) or isinstance(number, bool) or not math.isfinite(number) \
-            or number < 0 or number != int(number) or number > 2 ** 53:
+    if isinstance(number, numbers.Integral) and not isinstance(number, bool):
+        ok = 0 <= number <= 2 ** 53
+    else:
+        ok = isinstance(number, numbers.Real) and not isinstance(number, bool) and math.isfinite(number) \
+            and 0 <= number <= 2 ** 53 and number == int(number)
+    if not ok:
         raise ValueError(f"{where}: expected a whole number of steps in [0, 2**53], got {value!r}")
     return int(number)
 
@@ -132,8 +136,9 @@ class Optimizer(torch.optim.Optimizer):
             if key not in known and key not in extras:
                 raise TypeError(f"{type(self).__name__}: unknown argument {key!r}; expected one of "
                                 f"{sorted(known | set(extras))} or backend")
-        defaults = functional.with_defaults(
-            self.spec, {**self.default_overrides, **{k: v for k, v in hyperparameters.items() if k in known}})
+        given = {**self.default_overrides, **{k: v for k, v in hyperparameters.items() if k in known}}
+        functional.with_defaults(self.spec, {k: _plain(v) for k, v in given.items()})  # validates by name
+        defaults = {**self.spec.defaults, **given}  # torch keeps a tensor lr as given: so do we
         extras.update({k: v for k, v in hyperparameters.items() if k in extras})
         self._check_extras(extras, "")
         if backend is not None:
