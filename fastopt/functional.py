@@ -111,9 +111,15 @@ def check_grads(grads, params, names, grad_names) -> None:
     """
     if len(grads) != len(params):
         raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
+    try:  # the common case in one tight pass (this runs every step that brings new grad arrays)
+        if all(type(g) is type(p) and g.shape == p.shape and g.dtype == p.dtype and g.flags.c_contiguous
+               for p, g in zip(params, grads)):
+            return
+    except AttributeError:  # not NumPy/CuPy-like (torch tensors have no .flags, None has nothing): look closer
+        pass
     for i, (p, g) in enumerate(zip(params, grads)):
-        if (type(g) is not type(p) and not _both_numpy(p, g)) or g.shape != p.shape or g.dtype != p.dtype \
-                or not _is_contiguous(g):
+        if (type(g) is not type(p) and not _both_numpy(p, g)) or not hasattr(g, "shape") or g.shape != p.shape \
+                or g.dtype != p.dtype or not _is_contiguous(g):
             _explain_bad_grad(p, g, _name(names, i), _name(grad_names, i))
 
 
@@ -248,13 +254,27 @@ class FusedUpdate:
 
 
 class _Prepared:
-    """A cached FusedUpdate with the arrays it was built for (held, so their ids stay theirs) and the grads last
-    checked against them."""
+    """A cached FusedUpdate with the arrays it was built for (held, so their ids stay theirs while cached) and the
+    grads last checked against them."""
 
-    def __init__(self, held, update, backend):
-        self.held, self.update, self.backend = held, update, backend
-        self.grads: list = []
-        self.grad_views: list = []
+    def __init__(self, params, held, update, backend, grads, grad_views):
+        self.params, self.held, self.update, self.backend = params, held, update, backend
+        self.grads, self.grad_views = grads, grad_views
+
+    def holds(self, params, state) -> bool:
+        """True when `params` and every active slot in `state` are the very arrays this was prepared for."""
+        if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
+            return False
+        for name, arrays in self.held:
+            current = state.get(name)
+            if current is None or len(current) != len(arrays) or not all(map(operator.is_, current, arrays)):
+                return False
+        return True
+
+    def with_grads(self, grads) -> _Prepared:
+        """A copy remembering other (checked) grads; the cached one stays as it was until the step has run."""
+        return _Prepared(self.params, self.held, self.update, self.backend, grads,
+                         list(map(self.backend.as_array, grads)))
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -271,46 +291,53 @@ def clear_cache() -> None:
 def update(optimizer, params, grads, state, *, step: int | None = None, backend=None, **hyper) -> None:
     """One step of `optimizer` on `params` (updated in place) and `state` (from `init_state`, updated in place)."""
     spec = get_spec(optimizer)
-    hyper = with_defaults(spec, hyper)
+    hyper, flags = _validated(spec, hyper)
     params, grads = list(params), list(grads)
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
+    if step is not None and (type(step) is not int or step < 1):
         raise ValueError(f"step: expected an int >= 1 (the number of this step), got {step!r}")
     if step is None and spec.counts_steps:
         raise TypeError(f"{spec.name}: step is required (an int >= 1, the number of this step)")
     if not isinstance(state, dict):
         raise TypeError(f"state: expected a dict slot name -> list of arrays (see init_state), got "
                         f"{type(state).__name__}")
-    first_slot = spec.first_step_slot
-    creates = first_slot is not None and first_slot in {s.name for s in spec.active_slots(hyper)} \
-        and state.get(first_slot) is None
+    if not params:
+        raise ValueError("params is empty: an optimizer needs at least one array")
+    creates = False
     if spec.first_step_slot is not None:
+        creates = state.get(spec.first_step_slot) is None and \
+            any(s.name == spec.first_step_slot for s in spec.active_slots(hyper))
         step = 1 if creates else 2  # torch: the first step is the one that creates the buffer
-    key = _cache_key(spec, hyper, backend, params, state)
-    with _cache_lock:
-        prepared = _CACHE.get(key)
-        if prepared is not None:
-            _CACHE.move_to_end(key)
-    if prepared is None:
+    # A short key finds the candidate; identity checks against the arrays it holds confirm it.
+    key = (spec.name, flags, backend, dispatch.environment_backend(), len(params), id(params[0]))
+    prepared = _CACHE.get(key)
+    if prepared is None or not prepared.holds(params, state):
         prepared = _prepare(spec, hyper, params, grads, state, backend, creates)
-        if creates:  # the buffer joined `state`: key on it
-            key = _cache_key(spec, hyper, backend, params, state)
-    if len(grads) == len(prepared.grads) and all(map(operator.is_, grads, prepared.grads)):
-        views = prepared.grad_views  # the very arrays checked last call (and held since): no re-check
-    else:
-        check_grads(grads, prepared.held[0], "params[{}]".format, "grads[{}]".format)
-        views = [prepared.backend.as_array(g) for g in grads]
-    prepared.update.run(views, hyper, step)
-    prepared.grads, prepared.grad_views = grads, views  # the step ran: now remember what it checked
-    with _cache_lock:
+    elif len(grads) != len(prepared.grads) or not all(map(operator.is_, grads, prepared.grads)):
+        check_grads(grads, prepared.params, "params[{}]".format, "grads[{}]".format)
+        prepared = prepared.with_grads(grads)
+    prepared.update.run(prepared.grad_views, hyper, step)
+    with _cache_lock:  # the step ran: now remember what it checked
         _CACHE[key] = prepared
+        _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
 
 
-def _cache_key(spec, hyper, backend, params, state) -> tuple:
-    slots = tuple(tuple(map(id, state[s.name])) if s.active(hyper) and state.get(s.name) is not None else None
-                  for s in spec.slots)
-    return (spec.name, spec.flags(hyper), backend, dispatch.environment_backend(), tuple(map(id, params)), slots)
+_LAST_HYPER: dict = {}  # spec name -> (names, values, validated hyper, flags) of the last call
+
+
+def _validated(spec, hyper: dict):
+    """with_defaults(spec, hyper) and its flags, re-validated only when a value differs (by identity) from the last
+    call's: an optax-style loop passes the same hyperparameters every step."""
+    names, values = tuple(hyper), tuple(hyper.values())
+    last = _LAST_HYPER.get(spec.name)
+    if last is not None and last[0] == names and all(map(operator.is_, values, last[1])) \
+            and list not in map(type, values):
+        return last[2], last[3]
+    full = with_defaults(spec, hyper)
+    flags = spec.flags(full)
+    _LAST_HYPER[spec.name] = (names, values, full, flags)
+    return full, flags
 
 
 def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared:
@@ -322,11 +349,11 @@ def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared
     check_state(spec, hyper, arrays, state, backend, names)
     if creates:  # everything checked: the first step adds the buffer (zeros: the first step's scalars ignore it)
         state[spec.first_step_slot] = state_arrays(backend, arrays, 0.0)
-    views = {s.name: [backend.as_array(a) for a in state[s.name]] for s in spec.active_slots(hyper)}
-    held = (params, [list(state[s.name]) for s in spec.active_slots(hyper)])
-    prepared = _Prepared(held, FusedUpdate(spec, arrays, views, hyper, backend), backend)
-    prepared.grads, prepared.grad_views = grads, [backend.as_array(g) for g in grads]  # checked above
-    return prepared
+    active = spec.active_slots(hyper)
+    views = {s.name: [backend.as_array(a) for a in state[s.name]] for s in active}
+    held = [(s.name, list(state[s.name])) for s in active]
+    update = FusedUpdate(spec, arrays, views, hyper, backend)
+    return _Prepared(params, held, update, backend, grads, [backend.as_array(g) for g in grads])
 
 
 def _named(spec: OptimizerSpec):

@@ -64,12 +64,22 @@ class _Group:
         self.labels = labels            # the name of each param in messages
         self.views = views              # the backend's view of each param (e.g. a plain ndarray of an np.matrix)
         self.state: dict = {}           # slot -> list of arrays (absent until the first step that uses it)
-        self.steps = [0] * len(views)   # steps taken by each param (SGD: steps since its momentum buffer exists)
+        self.base = [0] * len(views)    # steps taken by each param (SGD: steps since its momentum buffer exists) ...
+        self.taken = 0                  # ... plus this many (a step adds 1 here, not to every entry)
         self.hyper_key = None           # the raw hyperparameter values last validated
-        self.hyper: dict = {}           # ... and their validated, normalized form
+        self.hyper: dict = {}           # ... their validated, normalized form
+        self.flags = None               # ... and the kernel flags they give
         self.updates = None             # (flags, [(indices, FusedUpdate)]) or None: rebuilt lazily
         self.grads: tuple = ()          # the grads checked and used by the last step that ran
         self.grad_views: list = []
+
+    @property
+    def steps(self) -> list:
+        return [s + self.taken for s in self.base] if self.taken else self.base
+
+    @steps.setter
+    def steps(self, steps) -> None:
+        self.base, self.taken = list(steps), 0
 
 
 class Optimizer:
@@ -85,6 +95,7 @@ class Optimizer:
         self.param_groups: list[dict] = []
         self._groups: list[_Group] = []
         self._lock = threading.RLock()
+        self._init_hyper_names()
         self.backend = None
         if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
             for group in params:
@@ -93,6 +104,11 @@ class Optimizer:
             raise TypeError("params: expected either arrays or param-group dicts, not a mix")
         else:
             self._add_group({"params": params}, "params")
+
+    def _init_hyper_names(self) -> None:
+        self._hyper_names = tuple(h.name for h in self.spec.hypers)
+        getter = operator.itemgetter(*self._hyper_names)
+        self._hyper_getter = getter if len(self._hyper_names) > 1 else (lambda group: (getter(group),))
 
     # ---- param groups ---------------------------------------------------------------------------------------------
 
@@ -174,26 +190,32 @@ class Optimizer:
         per_group = self._grads_per_group(grads, [r.names if lay is None else lay[4]
                                                   for r, lay in zip(groups, layouts)])
         work = []
+        as_array = self.backend.as_array
         for index, (group, record, layout, group_grads) in enumerate(zip(self.param_groups, groups, layouts,
                                                                           per_group)):
             hyper = self._validated_hyper(group, record)
             if layout is None and len(group_grads) == len(record.grads) \
                     and all(map(operator.is_, group_grads, record.grads)):
-                grad_views = record.grad_views  # the very arrays checked last step, and held since
+                grad_views = None  # the very arrays checked last step, and held since
             else:
                 params, labels, where = (record.params, record.labels, record.where) if layout is None \
                     else (layout[0], layout[2], layout[3])
                 to = "grads" if len(per_group) == 1 else f"grads[{index}]"
                 functional.check_grads(group_grads, params, labels,
                                        lambda i, labels=labels, where=where, to=to: to + labels[i][len(where):])
-                grad_views = [self.backend.as_array(g) for g in group_grads]
+                grad_views = list(map(as_array, group_grads))
             work.append((layout, hyper, group_grads, grad_views))
         # 2. Prepare every group (state for new params or slots, plans) without committing anything.
-        prepared = [self._prepared(record, layout, hyper[1]) for record, (layout, hyper, _, _) in zip(groups, work)]
+        prepared = [self._prepared(record, layout, hyper) for record, (layout, hyper, _, _) in zip(groups, work)]
         # 3. Run every group.
-        for (_, steps, (_, updates)), (_, hyper, _, grad_views) in zip(prepared, work):
+        for record, (_, steps, (_, updates)), (_, hyper, _, grad_views) in zip(groups, prepared, work):
+            views = record.grad_views if grad_views is None else grad_views
+            if steps is None and len(updates) == 1:  # the usual case: one update, one step count
+                updates[0][1].run(views, hyper[1], record.base[0] + record.taken + 1)
+                continue
+            steps = record.steps if steps is None else steps
             for indices, update in updates:
-                update.run(grad_views if len(updates) == 1 else [grad_views[i] for i in indices], hyper[1],
+                update.run(views if len(updates) == 1 else [views[i] for i in indices], hyper[1],
                            steps[indices[0]] + 1)
         # 4. The step ran: remember what it checked and built.
         for group, record, (state, steps, updates), (layout, hyper, group_grads, grad_views) in zip(
@@ -206,10 +228,13 @@ class Optimizer:
                     group.pop("param_names", None)
                 else:
                     group["param_names"] = record.names
+            if steps is not None:
+                record.steps = steps
+            record.taken += 1
             record.state, record.updates = state, updates
-            record.steps = [s + 1 for s in steps]
-            record.hyper_key, record.hyper = hyper
-            record.grads, record.grad_views = tuple(group_grads), grad_views
+            record.hyper_key, record.hyper, record.flags = hyper
+            if grad_views is not None:
+                record.grads, record.grad_views = tuple(group_grads), grad_views
 
     def _followed_params(self, index, group, record):
         """None when param_groups[index]["params"] still holds the arrays of the last step (a cheap identity check);
@@ -226,35 +251,35 @@ class Optimizer:
         return tuple(arrays), views, labels, where, names
 
     def _validated_hyper(self, group, record):
-        """((raw values, normalized hyper)): re-validated only when a value in param_groups changed."""
-        names = self._hyper_names
+        """(raw values, normalized hyper, flags): re-validated only when a value in param_groups changed."""
         try:
-            key = tuple([group[n] for n in names])
+            key = self._hyper_getter(group)
         except KeyError as error:
             raise KeyError(f"param_groups: hyperparameter {error.args[0]!r} was removed from a group") from None
-        if any(type(v) is list for v in key):  # a list can be edited in place: compare its contents
+        if list in map(type, key):  # a list can be edited in place: compare its contents
             key = tuple(tuple(v) if type(v) is list else v for v in key)
         previous = record.hyper_key  # identity, not ==: True == 1 and 0.1 == Fraction(1, 10)
         if previous is not None and all(map(operator.is_, key, previous)):
-            return previous, record.hyper
-        raw = dict(zip(names, key))
+            return previous, record.hyper, record.flags
+        raw = dict(zip(self._hyper_names, key))
         self.spec.validate(raw)  # param_groups are live: check edits
-        return key, self.spec.normalize(raw)
-
-    @property
-    def _hyper_names(self):
-        return [h.name for h in self.spec.hypers]
+        hyper = self.spec.normalize(raw)
+        return key, hyper, self.spec.flags(hyper)
 
     def _prepared(self, record, layout, hyper):
-        """(state, steps, (flags, updates)) for this step: the current ones, or new ones (nothing is committed)."""
-        flags = self.spec.flags(hyper)
-        state, steps, views = record.state, record.steps, record.views
+        """(state, steps or None when unchanged, updates) for this step: the current ones, or new ones (nothing is
+        committed here)."""
+        _, hyper, flags = hyper
+        if layout is None and record.updates is not None and hyper is record.hyper:
+            return record.state, None, record.updates  # nothing changed since the last step
+        state, steps, views = record.state, None, record.views
         rebuild = record.updates is None or record.updates[0] != flags
         if layout is not None:  # params replaced or appended: carry state over by identity, as torch keys it
             params, views = layout[0], layout[1]
             old = {id(p): i for i, p in enumerate(record.params)}
             kept = [old.get(id(p)) for p in params]
-            steps = [0 if j is None else record.steps[j] for j in kept]
+            current = record.steps
+            steps = [0 if j is None else current[j] for j in kept]
             state = {}
             for slot in self.spec.slots:
                 if slot.name not in record.state:
@@ -271,15 +296,17 @@ class Optimizer:
             for slot in missing:
                 state[slot.name] = functional.state_arrays(self.backend, views, slot.init(hyper))
                 if slot.name == self.spec.first_step_slot:
-                    steps = [0] * len(steps)  # torch's SGD: the step that creates the buffer is a first step
+                    steps = [0] * len(views)  # torch's SGD: the step that creates the buffer is a first step
             rebuild = True
         if not rebuild:
             return state, steps, record.updates
         updates = []
-        for indices in functional.indices_by(steps).values():  # params normally share one step count
+        for indices in functional.indices_by(record.steps if steps is None else steps).values():
             subset = {name: [arrays[i] for i in indices] for name, arrays in state.items()}
             updates.append((indices, functional.FusedUpdate(self.spec, [views[i] for i in indices], subset, hyper,
                                                             self.backend)))
+        if steps is None:
+            steps = record.steps
         return state, steps, (flags, updates)
 
     # ---- state_dict ---------------------------------------------------------------------------------------------
@@ -424,6 +451,7 @@ class Optimizer:
         self.param_groups = saved["param_groups"]
         self.backend = dispatch.get_backend(saved["backend"])
         self._lock = threading.RLock()
+        self._init_hyper_names()
         self._groups = []
         for where, params, names, labels, state, steps in saved["groups"]:
             record = _Group(where, params, names, labels, [self.backend.as_array(p) for p in params])
