@@ -35,3 +35,55 @@ def assert_close(actual, desired, dtype, err_msg="", backend=None):
     scale = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(desired), err_msg=f"{err_msg}: NaN positions differ")
     np.testing.assert_allclose(actual, desired, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=err_msg)
+
+
+# ---- the NumPy reference against torch.optim (tests/test_golden.py) --------------------------------------------------
+# An element passes when |reference - torch| <= rtol * |torch| + atol * scale + subnormal, with inf and NaN where
+# torch has them and nowhere else. The reference performs torch's operations in torch's order on the same float64
+# host scalars cast to the array's dtype, so all that differs is rounding inside an operation: torch's CPU kernels
+# evaluate `add(alpha=)`, `addcmul` and `lerp` as one fused multiply-add (vector loop and scalar tail alike, measured
+# on torch 2.13, AVX512), where NumPy rounds product and sum separately. That is about one rounding per operation;
+# none of these updates amplifies it (Adam-like denominators sqrt(v)/c + eps halve a relative error in v), and over a
+# dozen steps the differences mostly cancel. Observed maxima over every golden file of |diff| / (eps * (|torch| +
+# scale)), scale as below: 1.0 in float64 and 0.99 in float32 on the O(1) files, 1.4 on the extreme-magnitude files
+# (float32 Adadelta at 1e19, RMSprop centred at 1e-36). 4 eps leaves ~3x headroom for a CPU whose vector width
+# splits FMA and scalar lanes differently; anything beyond it is a semantic difference, not rounding -- find it, do
+# not widen these.
+# `scale` serves elements near zero, whose values are differences of terms of the array's magnitude (a momentum
+# average that cancels, a parameter crossing zero): 1 for the O(1) files (N(0, 1) parameters, gradients of scale <= 3,
+# states between ~1e-3 and ~20: arrays of order 1 by construction), and the array's largest finite |value| for the
+# extreme files, whose arrays each have one magnitude far from 1 (gradients within a factor 4 of 1e-36 ... 1e200).
+# `subnormal`: below the smallest normal number a rounding is absolute, half a subnormal step, so a fused and an
+# unfused evaluation may differ by a step there whatever the relative size.
+GOLDEN_ULPS = 4
+GOLDEN_TOLERANCES = {
+    np.dtype(t): dict(rtol=GOLDEN_ULPS * np.finfo(t).eps, atol=GOLDEN_ULPS * np.finfo(t).eps,
+                      subnormal=GOLDEN_ULPS * float(np.finfo(t).smallest_subnormal))
+    for t in (np.float64, np.float32)   # float64 rtol 8.9e-16, float32 4.8e-7
+}
+
+
+def golden_mismatch(actual, expected, dtype, extreme):
+    """None when `actual` (the reference) passes against torch's `expected` under GOLDEN_TOLERANCES, else a message
+    naming the worst element. Non-finite values must sit exactly where torch has them, with torch's sign of inf."""
+    tol = GOLDEN_TOLERANCES[np.dtype(dtype)]
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return f"shape {a.shape} != torch's {e.shape}"
+    finite = np.isfinite(e)
+    if not extreme and not finite.all():
+        return "torch's values are not finite in a file of O(1) values"
+    placed = (np.isnan(a) == np.isnan(e)) & (np.isinf(a) == np.isinf(e)) & (~np.isinf(e) | (a == e))
+    if not placed.all():
+        i = np.unravel_index(np.argmin(placed), a.shape)
+        return f"reference {a[i]!r} vs torch {e[i]!r} at {i}: inf/NaN positions differ"
+    scale = (float(np.abs(e[finite]).max()) if finite.any() else 0.0) if extreme else 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.where(finite, np.abs(a - e), 0.0)
+        bound = tol["rtol"] * np.abs(np.where(finite, e, 0.0)) + tol["atol"] * scale + tol["subnormal"]
+    if not np.all(err <= bound):   # also fails on NaN
+        i = np.unravel_index(np.nanargmax(np.where(np.isnan(err), np.inf, err - bound)), err.shape)
+        return (f"reference {a[i]!r} vs torch {e[i]!r} at {i}: |diff| {err[i]:.3g} > {bound[i]:.3g} (rtol "
+                f"{tol['rtol']:.3g}, atol {tol['atol']:.3g} x scale {scale:.3g}, subnormal {tol['subnormal']:.3g})")
+    return None

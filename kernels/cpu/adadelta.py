@@ -12,10 +12,10 @@ def _span(p, g, sq, acc, lr, grad_sign, weight_decay, rho, one_minus_rho, eps):
     for i in range(p.size):
         param = p[i]
         d = direction(g[i], param, grad_sign, weight_decay, decay)
-        s = rho * sq[i] + one_minus_rho * (d * d)
+        s = rho * sq[i] + (one_minus_rho * d) * d   # torch's addcmul order: d * d alone overflows sooner
         sq[i] = s
         delta = np.sqrt(acc[i] + eps) / np.sqrt(s + eps) * d
-        acc[i] = rho * acc[i] + one_minus_rho * (delta * delta)
+        acc[i] = rho * acc[i] + (one_minus_rho * delta) * delta
         p[i] = param - lr * delta
 
 

@@ -14,7 +14,7 @@ def _span(p, g, total, clr, grad_sign, weight_decay, eps):
         d = direction(g[i], param, grad_sign, weight_decay, decay)
         s = total[i] + d * d
         total[i] = s
-        p[i] = param - clr * (d / (np.sqrt(s) + eps))
+        p[i] = param - (clr * d) / (np.sqrt(s) + eps)   # torch's addcdiv order
 
 
 @driver

@@ -11,6 +11,8 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
           bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
     coupled_decay = weight_decay != 0 and not decoupled
     decoupled_decay = weight_decay != 0 and decoupled
+    small_weight = abs(one_minus_beta1) < 0.5   # torch.lerp's two formulas (fastopt.reference._lerp)
+    one_minus_weight = m.dtype.type(1) - one_minus_beta1
     for i in range(p.size):
         param = p[i]
         if decoupled_decay:
@@ -18,8 +20,11 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
         d = g[i] * grad_sign
         if coupled_decay:
             d = d + weight_decay * param
-        m_i = m[i] + one_minus_beta1 * (d - m[i])
-        v_i = beta2 * v[i] + one_minus_beta2 * (d * d)
+        if small_weight:
+            m_i = m[i] + one_minus_beta1 * (d - m[i])
+        else:
+            m_i = d - (d - m[i]) * one_minus_weight
+        v_i = beta2 * v[i] + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
         m[i] = m_i
         v[i] = v_i
         if amsgrad:
@@ -27,7 +32,7 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
             if previous > v_i or np.isnan(previous):  # torch.maximum: NaN wins
                 v_i = previous
             v_max[i] = v_i
-        p[i] = param - step_size * (m_i / (np.sqrt(v_i) / bias_correction2_sqrt + eps))
+        p[i] = param - (step_size * m_i) / (np.sqrt(v_i) / bias_correction2_sqrt + eps)   # torch's addcdiv order
 
 
 @driver

@@ -10,15 +10,23 @@ from ._common import SPAN_OPTIONS, direction, driver, span
 def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
           use_momentum):
     decay = weight_decay != 0
+    small_weight = abs(one_minus_alpha) < 0.5   # torch.lerp's two formulas (fastopt.reference._lerp)
+    one_minus_weight = sq.dtype.type(1) - one_minus_alpha
     for i in range(p.size):
         param = p[i]
         d = direction(g[i], param, grad_sign, weight_decay, decay)
-        s = alpha * sq[i] + one_minus_alpha * (d * d)
+        s = alpha * sq[i] + (one_minus_alpha * d) * d   # torch's addcmul order: d * d alone overflows sooner
         sq[i] = s
         if centered:
-            mean = g_avg[i] + one_minus_alpha * (d - g_avg[i])
+            if small_weight:
+                mean = g_avg[i] + one_minus_alpha * (d - g_avg[i])
+            else:
+                mean = d - (d - g_avg[i]) * one_minus_weight
             g_avg[i] = mean
-            avg = np.sqrt(s - mean * mean) + eps
+            variance = s - mean * mean
+            if np.isinf(s) and s > 0 and np.isfinite(mean):
+                variance = s   # torch's fused s - mean * mean: inf - finite, never inf - inf (see the reference)
+            avg = np.sqrt(variance) + eps
         else:
             avg = np.sqrt(s) + eps
         if use_momentum:
@@ -26,7 +34,7 @@ def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_al
             buf[i] = b
             p[i] = param - lr * b
         else:
-            p[i] = param - lr * (d / avg)
+            p[i] = param - (lr * d) / avg   # torch's addcdiv order
 
 
 @driver

@@ -11,9 +11,9 @@ struct fo_adadelta_op {
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         const C d = fo_direction(p, g, grad_sign, weight_decay);
-        s[0] = rho * s[0] + one_minus_rho * (d * d);
+        s[0] = rho * s[0] + (one_minus_rho * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         const C delta = fo_sqrt(s[1] + eps) / fo_sqrt(s[0] + eps) * d;
-        s[1] = rho * s[1] + one_minus_rho * (delta * delta);
+        s[1] = rho * s[1] + (one_minus_rho * delta) * delta;
         p = p - lr * delta;
     }
 };

@@ -11,7 +11,7 @@ struct fo_adagrad_op {
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         const C d = fo_direction(p, g, grad_sign, weight_decay);
         s[0] = s[0] + d * d;
-        p = p - clr * (d / (fo_sqrt(s[0]) + eps));
+        p = p - (clr * d) / (fo_sqrt(s[0]) + eps);  // torch's addcdiv order
     }
 };
 

@@ -5,6 +5,14 @@
 // (AdamW: the parameter shrinks by decay_factor, the gradient is left alone).
 #include "common.cuh"
 
+// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
+// the formula, and 1 - weight is rounded in C.
+template <typename C>
+__device__ __forceinline__ C fo_adam_lerp(C start, C end, C weight) {
+    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
+                                                 : end - (end - start) * (C(1) - weight);
+}
+
 template <typename C, bool AMSGRAD, bool DECOUPLED>
 struct fo_adam_op {
     static constexpr int NSLOTS = 3;
@@ -20,15 +28,15 @@ struct fo_adam_op {
         } else {
             d = fo_direction(p, g, grad_sign, weight_decay);
         }
-        s[0] = s[0] + one_minus_beta1 * (d - s[0]);
-        s[1] = beta2 * s[1] + one_minus_beta2 * (d * d);
+        s[0] = fo_adam_lerp(s[0], d, one_minus_beta1);
+        s[1] = beta2 * s[1] + (one_minus_beta2 * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         C second = s[1];
         if (AMSGRAD) {
             s[2] = fo_nan_max(s[2], s[1]);
             second = s[2];
         }
         const C denom = fo_sqrt(second) / bias_correction2_sqrt + eps;
-        p = p - step_size * (s[0] / denom);
+        p = p - (step_size * s[0]) / denom;  // torch's addcdiv order
     }
 };
 

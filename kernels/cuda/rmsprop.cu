@@ -3,6 +3,14 @@
 // one_minus_alpha, eps, momentum. Flags: CENTERED (grad_avg active), USE_MOMENTUM (momentum_buffer active).
 #include "common.cuh"
 
+// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
+// the formula, and 1 - weight is rounded in C.
+template <typename C>
+__device__ __forceinline__ C fo_rmsprop_lerp(C start, C end, C weight) {
+    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
+                                                 : end - (end - start) * (C(1) - weight);
+}
+
 template <typename C, bool CENTERED, bool USE_MOMENTUM>
 struct fo_rmsprop_op {
     static constexpr int NSLOTS = 3;
@@ -11,11 +19,14 @@ struct fo_rmsprop_op {
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         const C d = fo_direction(p, g, grad_sign, weight_decay);
-        s[0] = alpha * s[0] + one_minus_alpha * (d * d);
+        s[0] = alpha * s[0] + (one_minus_alpha * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         C avg;
         if (CENTERED) {
-            s[2] = s[2] + one_minus_alpha * (d - s[2]);
-            avg = fo_sqrt(s[0] - s[2] * s[2]) + eps;
+            s[2] = fo_rmsprop_lerp(s[2], d, one_minus_alpha);
+            C variance = s[0] - s[2] * s[2];
+            // torch fuses s - mean * mean: with s = +inf and mean finite it gets inf, never inf - inf = NaN
+            if (isinf(s[0]) && s[0] > C(0) && isfinite(s[2])) variance = s[0];
+            avg = fo_sqrt(variance) + eps;
         } else {
             avg = fo_sqrt(s[0]) + eps;
         }
@@ -23,7 +34,7 @@ struct fo_rmsprop_op {
             s[1] = momentum * s[1] + d / avg;
             p = p - lr * s[1];
         } else {
-            p = p - lr * (d / avg);
+            p = p - (lr * d) / avg;  // torch's addcdiv order
         }
     }
 };

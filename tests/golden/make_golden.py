@@ -16,6 +16,10 @@ and stores one `<optimizer>-<config>-<dtype>.npz` holding:
     p{i}_state_{s}  torch's final state slot s of parameter i (only the slots torch keeps as tensors)
     p{i}_step       torch's final step count of parameter i
 
+Then, for every optimizer and every configuration in EXTREME_CONFIGS, `<optimizer>-extreme_<config>-<dtype>.npz`
+(same members, meta also holding `extreme: true` and `magnitudes`) runs EXTREME_STEPS steps at the magnitudes where
+float32 and float64 overflow or underflow (MAGNITUDES): one parameter per magnitude, so each array has one scale.
+
 Gradients are drawn in float64 and cast, so the float32 and float64 files of a configuration follow the same
 trajectory up to rounding. Their scale shrinks over the steps (with random jitter) so that AMSGrad's running maximum
 really departs from the second moment. The files are written deterministically: a zip with fixed timestamps and
@@ -97,6 +101,55 @@ CONFIGS = {
 }
 
 
+# ---- extreme magnitudes (issue 10: torch's operation order decides overflow and underflow) ---------------------------
+EXTREME_STEPS = 5
+EXTREME_SIZE = 37   # float32: 32 elements in torch's AVX512 vector loop, 5 in its scalar tail
+# Per dtype, the gradient magnitudes, one parameter each. float32: 1e-36 makes lr * exp_avg subnormal before the
+# division by a tiny eps (addcdiv's order decides the rounding); 1e-30 squares to 0; 1e19 squares past float32's
+# max above 1.8e19 while (1 - beta2) * g * g, torch's order, stays finite; 1e30 overflows in either order (Adam's
+# exp_avg_sq becomes inf, centred RMSprop's variance inf - finite). float64: the same four regimes at its own range
+# (1e-306, 1e-170, 1e154, 1e200), and the float32 magnitudes, harmless there.
+MAGNITUDES = {
+    "float32": (1e-36, 1e-30, 1e19, 1e30),
+    "float64": (1e-306, 1e-170, 1e-30, 1e19, 1e30, 1e154, 1e200),
+}
+TINY = "tiny"   # stands for TINY_EPS[dtype] in EXTREME_CONFIGS
+TINY_EPS = {"float32": 1e-45, "float64": 5e-324}   # the smallest subnormal of each dtype (1e-45 rounds to it)
+EXTREME_CONFIGS = {
+    "sgd": {
+        "momentum_wd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.01},
+        "nesterov_maximize": {"lr": 0.01, "momentum": 0.5, "nesterov": True, "maximize": True},
+    },
+    "adagrad": {"default": {}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
+    "rmsprop": {
+        "default": {},
+        "centered": {"centered": True},
+        "centered_momentum_wd": {"centered": True, "momentum": 0.9, "weight_decay": 0.01},
+        "tiny_eps": {"lr": 1e-5, "eps": TINY},
+    },
+    "adadelta": {"default": {}, "tiny_eps": {"eps": TINY}},
+    "adam": {"default": {}, "amsgrad": {"amsgrad": True}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
+    "adamw": {"default": {}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
+}
+
+
+def extreme_hyper(name: str, overrides: dict, dtype: str) -> dict:
+    return full_hyper(name, {k: TINY_EPS[dtype] if v == TINY else v for k, v in overrides.items()})
+
+
+def draw_extreme(name: str, config: str, dtype: str):
+    """N(0, 1) params; per magnitude, grads log-uniform within a factor 4 of it, random signs, about 1 in 6 zero."""
+    rng = np.random.default_rng(seed_of(name, "extreme", config, dtype))
+    n = len(MAGNITUDES[dtype])
+    params = [rng.standard_normal(EXTREME_SIZE) for _ in range(n)]
+    grads = []
+    for scale in MAGNITUDES[dtype]:
+        size = (EXTREME_STEPS, EXTREME_SIZE)
+        g = scale * 4.0 ** rng.uniform(-1, 1, size) * rng.choice([-1.0, 1.0], size)
+        grads.append(np.where(rng.uniform(size=size) < 1 / 6, 0.0, g))
+    return params, grads
+
+
 def full_hyper(name: str, overrides: dict) -> dict:
     spec = SPECS[name]
     unknown = set(overrides) - set(spec.defaults)
@@ -121,7 +174,7 @@ def draw(name: str, config: str):
     return params, grads
 
 
-def run_torch(torch, name: str, hyper: dict, dtype: str, params0, grads):
+def run_torch(torch, name: str, hyper: dict, dtype: str, params0, grads, steps=STEPS):
     tdtype = getattr(torch, dtype)
     params = [torch.tensor(p.astype(dtype), dtype=tdtype) for p in params0]
     kwargs = dict(hyper)
@@ -132,8 +185,8 @@ def run_torch(torch, name: str, hyper: dict, dtype: str, params0, grads):
     if "fused" in cls.__init__.__code__.co_varnames:
         extra["fused"] = False
     opt = cls(params, **kwargs, **extra)
-    trajectory = [np.empty((STEPS,) + p.shape, dtype=dtype) for p in params0]
-    for t in range(STEPS):
+    trajectory = [np.empty((steps,) + p.shape, dtype=dtype) for p in params0]
+    for t in range(steps):
         for p, g in zip(params, grads):
             p.grad = torch.tensor(g[t].astype(dtype), dtype=tdtype)
         opt.step()
@@ -174,27 +227,42 @@ def generate(out: Path) -> list[Path]:
         raise SystemExit(f"no golden configurations for {sorted(missing)}: add them to CONFIGS")
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    missing = set(SPECS) - set(EXTREME_CONFIGS)
+    if missing:
+        raise SystemExit(f"no extreme-magnitude configurations for {sorted(missing)}: add them to EXTREME_CONFIGS")
+    runs = []   # (file stem, optimizer, config, dtype, hyper, params0, grads, steps, extra meta)
     for name in sorted(SPECS):
         for config, overrides in CONFIGS[name].items():
             hyper = full_hyper(name, overrides)
             params0, grads = draw(name, config)
+            runs += [(f"{name}-{config}-{dtype}", name, config, dtype, hyper, params0, grads, STEPS, {})
+                     for dtype in DTYPES]
+        for config, overrides in EXTREME_CONFIGS[name].items():
             for dtype in DTYPES:
-                trajectory, states = run_torch(torch, name, hyper, dtype, params0, grads)
-                meta = {"optimizer": name, "config": config, "dtype": dtype, "steps": STEPS, "hyper": hyper,
-                        "torch_version": torch.__version__, "numpy_version": np.__version__,
-                        "shapes": [list(s) for s in SHAPES],
-                        "state_keys": [sorted(slots) for slots, _ in states]}
-                arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
-                for i, (p0, g, traj, (slots, steps_done)) in enumerate(zip(params0, grads, trajectory, states)):
-                    arrays[f"p{i}_init"] = p0.astype(dtype)
-                    arrays[f"p{i}_grads"] = g.astype(dtype)
-                    arrays[f"p{i}_params"] = traj
-                    arrays[f"p{i}_step"] = np.array(steps_done, dtype=np.float64)
-                    for slot, value in slots.items():
-                        arrays[f"p{i}_state_{slot}"] = value
-                path = out / f"{name}-{config}-{dtype}.npz"
-                write_npz(path, arrays)
-                written.append(path)
+                params0, grads = draw_extreme(name, config, dtype)
+                runs.append((f"{name}-extreme_{config}-{dtype}", name, f"extreme_{config}", dtype,
+                             extreme_hyper(name, overrides, dtype), params0, grads, EXTREME_STEPS,
+                             {"extreme": True, "magnitudes": list(MAGNITUDES[dtype])}))
+    written = []
+    for stem, name, config, dtype, hyper, params0, grads, steps, extra in runs:
+        params_d = [p.astype(dtype) for p in params0]
+        grads_d = [g.astype(dtype) for g in grads]
+        trajectory, states = run_torch(torch, name, hyper, dtype, params_d, grads_d, steps)
+        meta = {"optimizer": name, "config": config, "dtype": dtype, "steps": steps, "hyper": hyper,
+                "torch_version": torch.__version__, "numpy_version": np.__version__,
+                "shapes": [list(p.shape) for p in params0],
+                "state_keys": [sorted(slots) for slots, _ in states], **extra}
+        arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
+        for i, (p0, g, traj, (slots, steps_done)) in enumerate(zip(params_d, grads_d, trajectory, states)):
+            arrays[f"p{i}_init"] = p0
+            arrays[f"p{i}_grads"] = g
+            arrays[f"p{i}_params"] = traj
+            arrays[f"p{i}_step"] = np.array(steps_done, dtype=np.float64)
+            for slot, value in slots.items():
+                arrays[f"p{i}_state_{slot}"] = value
+        path = out / f"{stem}.npz"
+        write_npz(path, arrays)
+        written.append(path)
     return written
 
 
