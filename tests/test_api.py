@@ -4,6 +4,8 @@ import pickle
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # tests/registry.py draws hyperparameters with it
 from conftest import BACKENDS, to_backend, to_numpy
 from registry import BUSY, HYPERPARAMETERS
 from tolerances import EXACT_BACKENDS, assert_close

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")
 from conftest import FUSED_BACKENDS, to_backend, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

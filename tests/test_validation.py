@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # tests/registry.py draws hyperparameters with it
 from conftest import BACKENDS, to_backend, to_numpy
 from registry import BUSY
 
