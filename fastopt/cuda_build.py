@@ -394,40 +394,45 @@ def check_nvrtc(archs=("sm_80", "sm_90"), out=None) -> int:
     print(f"check-nvrtc: NVRTC {version[0]}.{version[1]}; options {' '.join(cupy_nvrtc_options('<arch>'))}; "
           + (f"PTX through ptxas {ptxas_version[0]}.{ptxas_version[1]}" if use_ptxas else
              "no ptxas at least as new as NVRTC: cubins only"), file=out)
-    status = 0
-    for family in FAMILIES:
-        for arch in archs:
-            try:
-                cubin, lowered = nvrtc_compile(family, arch)
-            except RuntimeError as error:
-                print(error, file=out)
-                status = 1
-                continue
-            bad = [n for n, low in lowered.items() if not low.startswith("_Z")]
-            line = f"{family:9} {arch}: {len(lowered)} kernels, cubin {len(cubin)} bytes"
-            if bad:
-                line += f"  <-- FAIL: names not lowered {bad[:2]}"
-                status = 1
-            if use_ptxas:
-                ptx, _ = nvrtc_compile(family, arch, ptx=True)
-                with tempfile.TemporaryDirectory(prefix="fastopt-nvrtc-") as tmp:
-                    src = Path(tmp) / f"{family}.ptx"
-                    src.write_bytes(ptx)
-                    proc = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(Path(tmp) / "out.cubin"),
-                                           str(src)], capture_output=True, text=True)
-                info = _parse_ptxas(proc.stdout + proc.stderr)
-                if proc.returncode != 0:
-                    line += f"  <-- FAIL: ptxas exit {proc.returncode}: {(proc.stderr or proc.stdout)[:300]}"
-                    status = 1
-                else:
-                    regs = [d["registers"] for d in info.values()]
-                    spills = sum(d["spill_stores"] + d["spill_loads"] for d in info.values())
-                    line += f"; ptxas: {len(info)} entries, registers {min(regs, default=0)}-{max(regs, default=0)}, " \
-                            f"spill bytes {spills}"
-                    if spills or len(info) != len(lowered):
-                        line += "  <-- FAIL"
-                        status = 1
-            print(line, file=out)
+
+    def one(job):
+        family, arch = job
+        try:
+            cubin, lowered = nvrtc_compile(family, arch)
+        except RuntimeError as error:
+            return 1, str(error)
+        bad = [n for n, low in lowered.items() if not low.startswith("_Z")]
+        line = f"{family:9} {arch}: {len(lowered)} kernels, cubin {len(cubin)} bytes"
+        failed = bool(bad)
+        if bad:
+            line += f"  <-- FAIL: names not lowered {bad[:2]}"
+        if use_ptxas:
+            ptx, _ = nvrtc_compile(family, arch, ptx=True)
+            with tempfile.TemporaryDirectory(prefix="fastopt-nvrtc-") as tmp:
+                src = Path(tmp) / f"{family}.ptx"
+                src.write_bytes(ptx)
+                proc = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(Path(tmp) / "out.cubin"), str(src)],
+                                      capture_output=True, text=True)
+            info = _parse_ptxas(proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                line += f"  <-- FAIL: ptxas exit {proc.returncode}: {(proc.stderr or proc.stdout)[:300]}"
+                failed = True
+            else:
+                regs = [d["registers"] for d in info.values()]
+                spills = sum(d["spill_stores"] + d["spill_loads"] for d in info.values())
+                line += f"; ptxas: {len(info)} entries, registers {min(regs, default=0)}-{max(regs, default=0)}, " \
+                        f"spill bytes {spills}"
+                if spills or len(info) != len(lowered):
+                    line += "  <-- FAIL"
+                    failed = True
+        return int(failed), line
+
+    jobs = [(f, a) for f in FAMILIES for a in archs]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        results = list(pool.map(one, jobs))
+    for _, line in results:
+        print(line, file=out)
+    status = max((s for s, _ in results), default=0)
     print(f"check-nvrtc: {'ok' if status == 0 else 'FAILED'}", file=out)
     return status
 
