@@ -143,3 +143,25 @@ def test_study_runs_end_to_end(tmp_path):
         assert (tmp_path / f).stat().st_size > 0, f
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("optimizer,backend,final_train_loss")
+
+
+def test_default_output_is_a_new_folder_never_the_committed_results(tmp_path, monkeypatch):
+    committed = {p: p.stat().st_mtime_ns for p in run.COMMITTED_OUT.glob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    args = ["--iters", "5", "--optimizers", "SGD", "--backends", "numpy", "--repeats", "1", "--no-toy"]
+    assert run.main(args) == 0
+    (first,) = tmp_path.glob("convergence-cpu-*")
+    assert (first / "results.csv").stat().st_size > 0
+    assert {p: p.stat().st_mtime_ns for p in run.COMMITTED_OUT.glob("*") if p.is_file()} == committed
+
+
+def test_missing_scikit_learn_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing them now raises ImportError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--iters", "5", "--optimizers", "SGD", "--backends", "numpy", "--repeats", "1", "--no-toy"])
+    assert "fastopt[convergence]" in str(exit_info.value)
+    assert not list(tmp_path.iterdir())  # failed before writing anything

@@ -48,10 +48,18 @@ def _scale(x) -> np.ndarray:
     return x.astype(np.float64)
 
 
+class MissingExtra(ImportError):
+    """What the study needs is not installed; the message names the extra that installs it."""
+
+
 def load_digits() -> Dataset:
     """The UCI 8x8 digits shipped with scikit-learn, split 80/20 (stratified, seed SPLIT_SEED)."""
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits as _load
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise MissingExtra(f"the convergence study needs scikit-learn for its digits data ({error}): "
+                           "pip install 'fastopt[convergence]', or pass --data with an MNIST-like .npz") from error
 
     bunch = _load()
     x = bunch.data / 16.0  # pixel values are 0..16

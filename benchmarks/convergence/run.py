@@ -24,7 +24,13 @@ from . import data as data_mod
 from . import mlp, toy
 from .optimizers import COLORS, MLP, make
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "convergence"
+COMMITTED_OUT = Path(__file__).resolve().parents[1] / "results" / "convergence"  # pass it with --out to update
+
+
+def default_out(device: str) -> Path:
+    """A new folder per run, in the current directory: a default run never overwrites anything (the committed
+    results are written with an explicit --out)."""
+    return Path.cwd() / f"convergence-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
 HOST_BACKENDS = ("numpy", "cpu")
 
 
@@ -190,7 +196,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="an .npz with x_train, y_train, x_test, y_test (e.g. MNIST); "
                                                 "default: scikit-learn's 8x8 digits")
     p.add_argument("--smooth", type=int, default=25, help="moving-average window for the loss plot")
-    p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}, plus /cuda for --device cuda)")
+    p.add_argument("--out", default=None, help="output folder (default: a new ./convergence-DEVICE-DATE-TIME; the "
+                                               "committed results: --out benchmarks/results/convergence)")
     p.add_argument("--repeats", type=int, default=3,
                    help="train each (optimizer, backend) this many times and report the fastest (default 3)")
     p.add_argument("--no-toy", action="store_true", help="skip the 2-D toy figure")
@@ -228,11 +235,13 @@ def main(argv=None):
     if unknown:
         sys.exit(f"unknown optimizers {unknown}; choose from {list(MLP)}")
 
-    out = Path(args.out) if args.out else (DEFAULT_OUT / "cuda" if args.device == "cuda" else DEFAULT_OUT)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(args.dtype)
-
-    ds = data_mod.load(args.data, dtype=dtype)
+    try:
+        ds = data_mod.load(args.data, dtype=dtype)
+    except data_mod.MissingExtra as error:
+        sys.exit(str(error))
+    out = Path(args.out) if args.out else default_out(args.device)
+    out.mkdir(parents=True, exist_ok=True)
     sizes = [ds.n_features] + [args.hidden] * args.layers + [ds.n_classes]
     x_train, y_train = xp.asarray(ds.x_train), xp.asarray(ds.y_train)
     x_test, y_test = xp.asarray(ds.x_test), xp.asarray(ds.y_test)
