@@ -178,7 +178,29 @@ class Optimizer:
         freed or resized meanwhile. Calls from several threads run one at a time.
         """
         with self._lock:
-            self._step(grads)
+            if not self._repeat_step(grads):
+                self._step(grads)
+
+    def _repeat_step(self, grads) -> bool:
+        """The training loop's usual step, checked in a few identity tests: one group, the same params, grads and
+        hyperparameter objects as the last step, one prepared update. False (nothing done) when anything differs."""
+        if len(self._groups) != 1 or len(self.param_groups) != 1 or type(grads) is not list:
+            return False
+        record, group = self._groups[0], self.param_groups[0]
+        updates, params, key = record.updates, group.get("params"), record.hyper_key
+        if updates is None or len(updates[1]) != 1 or record.names is not None or type(params) is not list \
+                or len(params) != len(record.params) or len(grads) != len(record.grads) or key is None:
+            return False
+        try:
+            values = self._hyper_getter(group)
+        except KeyError:
+            return False
+        if not (all(map(operator.is_, values, key)) and all(map(operator.is_, grads, record.grads))
+                and all(map(operator.is_, params, record.params))) or list in map(type, values):
+            return False
+        updates[1][0][1].run(record.grad_views, record.hyper, record.base[0] + record.taken + 1)
+        record.taken += 1
+        return True
 
     def _step(self, grads) -> None:
         groups = self._groups
