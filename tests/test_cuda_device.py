@@ -223,3 +223,166 @@ def test_arrays_on_different_devices_are_refused():
         b = cp.zeros(10, cp.float32)
     with pytest.raises(ValueError, match="different CUDA devices"):
         BACKEND.prepare(spec, [a, b], {"momentum_buffer": None}, spec.flags(spec.defaults))
+
+
+# ---- bfloat16 params, torch parameters on torch's stream, a huge tensor on the table path, occupancy (issue 9/14) -
+
+def _bf16_bits(x32: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest even (finite inputs), as the kernels do."""
+    u = np.ascontiguousarray(x32, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_f32(bits: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_bfloat16_params_match_the_float32_reference_rounded_each_step(name):
+    spec = SPECS[name]
+    sizes = (0, 1, 3, 4097, 100003)
+    rng = np.random.default_rng(11)
+    fn = getattr(reference, spec.kernel)
+    tol = TOLERANCES[np.dtype(np.float32)]
+    for hyper in _hypers(spec):
+        p_bits = [_bf16_bits(rng.standard_normal(n).astype(np.float32)) for n in sizes]
+        g_bits = [_bf16_bits(rng.standard_normal((STEPS, n)).astype(np.float32)) for n in sizes]
+        want_p = [_bf16_f32(b) for b in p_bits]
+        want_s = _state(spec, hyper, p_bits, np.float32)
+        for t, p in enumerate(want_p):
+            for step in range(1, STEPS + 1):
+                ss = [np.full(p.size, np.nan, np.float32) if want_s[s.name] is None else want_s[s.name][t]
+                      for s in spec.slots]
+                fn(p, _bf16_f32(g_bits[t][step - 1]), *ss, *spec.scalars(hyper, step), *spec.flags(hyper))
+                p[...] = _bf16_f32(_bf16_bits(p))
+        for flat in (False, True):
+            got_p, got_s, plan = _run_device(spec, hyper, p_bits, g_bits, _state(spec, hyper, p_bits, np.float32),
+                                             flat_buffers=flat)
+            assert (plan._kernel is plan.flat_kernel) == flat
+            for t in range(len(sizes)):
+                np.testing.assert_allclose(_bf16_f32(got_p[t]), want_p[t], **tol,
+                                           err_msg=f"{name} {hyper} bfloat16 flat={flat} tensor {t}")
+                for k, v in want_s.items():
+                    if v is not None:
+                        np.testing.assert_allclose(got_s[k][t], v[t], **tol, err_msg=f"{name} {k} tensor {t}")
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    return torch
+
+
+def _round_like(x32, dtype_name):
+    if dtype_name == "float16":
+        return x32.astype(np.float16).astype(np.float32)
+    if dtype_name == "bfloat16":
+        return _bf16_f32(_bf16_bits(x32))
+    return x32
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+def test_torch_parameters_are_updated_in_place_on_torchs_current_stream(dtype_name):
+    """nn.Parameters (requires_grad: both exports refuse them) are viewed zero-copy through detach(); the grads come
+    from a backward pass on a side stream and the step is launched there, with no synchronization in between."""
+    torch = _torch_cuda()
+    dtype = getattr(torch, dtype_name)
+    sizes = (7, 4097, 1, 70001)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda", dtype=dtype)) for n in sizes]
+    spec = SPECS["adam"]
+    hyper = dict(spec.defaults, lr=1e-2, weight_decay=0.01)
+    for p in params:
+        assert BACKEND.owns(p)
+        assert int(BACKEND.as_array(p).data.ptr) == p.data_ptr()       # zero-copy
+        assert int(cp.from_dlpack(p.detach()).data.ptr) == p.data_ptr()  # the DLPack route views the same memory
+    views = [BACKEND.as_array(p) for p in params]
+    slots = {s.name: ([BACKEND.full_like(v, 0.0, np.float32) for v in views] if s.active(hyper) else None)
+             for s in spec.slots}
+    plan = BACKEND.prepare(spec, views, slots, spec.flags(hyper))
+    assert plan.on_torch_stream
+    before = [p.detach().float().cpu().numpy() for p in params]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        weights = [torch.linspace(0.5, 1.5, n, device="cuda") for n in sizes]
+        loss = sum(((p.float() * w) ** 2).sum() for p, w in zip(params, weights))
+        loss.backward()
+        assert plan._stream().ptr == side.cuda_stream
+        plan.run([BACKEND.as_array(p.grad) for p in params], spec.scalars(hyper, 1))
+        after = [p.detach().float().cpu().numpy() for p in params]   # ordered after the step on this stream
+    torch.cuda.synchronize()
+    for t, p in enumerate(params):
+        g32 = p.grad.float().cpu().numpy()
+        want = before[t].copy()
+        ss = [np.zeros_like(want), np.zeros_like(want), np.zeros_like(want)]
+        reference.adam(want, g32, *ss, *spec.scalars(hyper, 1), *spec.flags(hyper))
+        np.testing.assert_allclose(after[t], _round_like(want, dtype_name), **TOLERANCES[np.dtype(np.float32)],
+                                   err_msg=f"{dtype_name} tensor {t}")
+        assert p.requires_grad and p.data_ptr() == int(views[t].data.ptr)
+
+
+def test_fastopt_adam_steps_torch_parameters_with_their_grads():
+    torch = _torch_cuda()
+    from fastopt import functional
+    probe = torch.nn.Parameter(torch.zeros(2))
+    try:
+        functional.check_grads([torch.zeros(2)], [probe], ["params[0]"], ["grads[0]"])
+    except TypeError as error:
+        pytest.xfail(f"fastopt.functional.check_grads refuses a torch.Tensor grad for an nn.Parameter: {error}")
+    import fastopt
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5, 4097)]
+    opt = fastopt.Adam(params, lr=1e-2)
+    (sum((p ** 2).sum() for p in params)).backward()
+    before = [p.detach().cpu().numpy().copy() for p in params]
+    opt.step([p.grad for p in params])
+    torch.cuda.synchronize()
+    for p, b in zip(params, before):
+        np.testing.assert_allclose(p.detach().cpu().numpy(), b - 1e-2 * np.sign(b), rtol=1e-4, atol=1e-6)
+
+
+def test_more_than_2_to_the_31_elements_on_the_table_path():
+    n = 2 ** 31 + 17
+    free, _ = cp.cuda.Device().mem_info
+    if free < 3 * 4 * n + (1 << 30):
+        pytest.skip(f"needs {3 * 4 * n / 2**30:.1f} GiB free on the device, {free / 2**30:.1f} GiB are")
+    spec = SPECS["sgd"]
+    hyper = dict(spec.defaults, lr=0.25, momentum=0.5)
+    small_p, small_g, small_b = cp.full(5, 3.0, cp.float32), cp.full(5, 1.0, cp.float32), cp.zeros(5, cp.float32)
+    p = cp.full(n, 1.0, dtype=cp.float32)
+    g = cp.full(n, 2.0, dtype=cp.float32)
+    buf = cp.zeros(n, dtype=cp.float32)
+    idx = np.array([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, n - 2, n - 1])
+    rng = np.random.default_rng(6)
+    pv, gv = rng.standard_normal(len(idx)).astype(np.float32), rng.standard_normal(len(idx)).astype(np.float32)
+    p[cp.asarray(idx)] = cp.asarray(pv)
+    g[cp.asarray(idx)] = cp.asarray(gv)
+    plan = BACKEND.prepare(spec, [small_p, p], {"momentum_buffer": [small_b, buf]}, spec.flags(hyper))
+    plan.run([small_g, g], spec.scalars(hyper, 1))
+    assert plan._kernel is plan.table_kernel
+    cp.cuda.get_current_stream().synchronize()
+    want, want_buf = pv.copy(), np.zeros_like(pv)
+    reference.sgd(want, gv, want_buf, *spec.scalars(hyper, 1), *spec.flags(hyper))
+    np.testing.assert_array_equal(p[cp.asarray(idx)].get(), want)
+    np.testing.assert_array_equal(buf[cp.asarray(idx)].get(), want_buf)
+    assert int((p == cp.float32(0.5)).sum()) == n - len(idx)   # 1 - 0.25 * 2 everywhere else
+    del p, g, buf
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def test_grids_are_one_wave_of_what_occupancy_allows():
+    spec = SPECS["adam"]
+    hyper = dict(spec.defaults)
+    params = [cp.zeros(1 << 22, cp.float32), cp.zeros(3, cp.float32)]
+    slots = {s.name: ([cp.zeros_like(p) for p in params] if s.active(hyper) else None) for s in spec.slots}
+    plan = BACKEND.prepare(spec, params, slots, spec.flags(hyper))
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    for kernel, resident in ((plan.flat_kernel, plan.flat_resident), (plan.table_kernel, plan.table_resident)):
+        per_sm = resident // sms
+        assert resident == per_sm * sms and 1 <= per_sm <= 2048 // 256
+        # the occupancy calculator agrees with the registers the kernel was built with (65536 per SM)
+        assert per_sm <= 65536 // (kernel.num_regs * 256) or per_sm == 2048 // 256
+    plan.run([cp.ones_like(p) for p in params], spec.scalars(hyper, 1))
+    assert plan._blocks <= plan.table_resident
+    cp.cuda.get_current_stream().synchronize()
