@@ -472,6 +472,8 @@ class Optimizer:
         self._requested_backend = saved["requested"]
         self.param_groups = saved["param_groups"]
         self.backend = dispatch.get_backend(saved["backend"])
+        if self.backend.unavailable_reason() and saved["requested"] is None:  # e.g. unpickled where Numba is missing
+            self.backend = dispatch.choose_backend([p for g in saved["groups"] for p in g[1]])
         self._lock = threading.RLock()
         self._init_hyper_names()
         self._groups = []
