@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 
 import pytest
 
@@ -224,3 +225,59 @@ def test_gpu_rotation_pushes_every_default_size_out_of_l2(fake_gpu, monkeypatch)
                         assert engine.beyond_cache(out["footprint_bytes"], "gpu"), (workload.name, dtype, n_slots)
                     copy = engine._measure_copy(workload.params * engine._itemsize(dtype), rotate, {}, 64)
                     assert engine.beyond_cache(copy["footprint_bytes"], "gpu"), (workload.name, dtype)
+
+
+# ---- the training-loop workload (fastopt-bench loop) ---------------------------------------------------------------
+
+def test_training_mlp_gradient_matches_finite_differences():
+
+    from fastopt.bench import training
+
+    model = training.MLP((5, 4, 3), seed=2)
+    model.params[1] += 0.1  # non-zero biases so the ReLU masks matter
+    (x, y), = training.batches(5, 3, 6, 1)
+    model.gradient(x, y)
+    analytic = [g.copy() for g in model.grads]
+    for p, g in zip(model.params, analytic):
+        flat = p.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + 1e-6
+            up = model.gradient(x, y)
+            flat[i] = old - 1e-6
+            down = model.gradient(x, y)
+            flat[i] = old
+            assert abs((up - down) / 2e-6 - g.reshape(-1)[i]) < 1e-6
+
+
+def test_textbook_updates_follow_the_same_trajectory_as_fastopt():
+    import numpy as np
+
+    import fastopt
+    from fastopt.bench import training
+
+    rng = np.random.default_rng(0)
+    p0 = [rng.standard_normal(50), rng.standard_normal((3, 4))]
+    grads = [[rng.standard_normal(p.shape) for p in p0] for _ in range(5)]
+    for textbook, ours in ((training.NumpyMomentum, lambda ps: fastopt.SGD(ps, lr=0.01, momentum=0.9)),
+                           (training.NumpyAdam, lambda ps: fastopt.Adam(ps, lr=0.01, eps=1e-7))):
+        a, b = [p.copy() for p in p0], [p.copy() for p in p0]
+        t, o = textbook(a, 0.01), ours(b)
+        for g in grads:
+            t.step(g)
+            o.step(g)
+        for x, y in zip(a, b):
+            # same arithmetic up to rounding and where eps sits (Adam's bias correction folded into lr)
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+def test_loop_command_runs_every_implementation(tmp_path):
+    path = tmp_path / "loop.json"
+    assert main(["loop", "--models", "mlp37k", "--rounds", "1", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    impls = {r["impl"] for r in data["results"]}
+    assert {"numpy", "fastopt"} <= impls
+    for r in data["results"]:
+        assert r["params"] == 37_810 and r["update_ms"] > 0 and r["gradient_ms"] > 0
+        assert math.isfinite(r["final_loss"])
+    assert main(["loop", "--models", "mlp3"]) == 2

@@ -5,6 +5,7 @@
     fastopt-bench --backends cuda                           # the GPU suite (1M..64M, GPT-2, ResNet-50, fp32/16/bf16)
     fastopt-bench --backends cpu,numpy --optimizers adam,sgd --sizes 1M,16M
     fastopt-bench compare old.json new.json                 # ratios; exit status 1 when something regressed
+    fastopt-bench loop [--quick]                            # the update inside a NumPy MLP training loop
 """
 
 from __future__ import annotations
@@ -66,8 +67,65 @@ def compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+def loop_parser() -> argparse.ArgumentParser:
+    from .training import IMPLS, MODELS, OPTIMIZERS
+    p = argparse.ArgumentParser(
+        prog="fastopt-bench loop",
+        description="The optimizer update inside a NumPy MLP training loop (BLAS matmuls, float64, batches of 128): "
+                    "per step, the update time and the gradient time of each implementation, taking turns.")
+    p.add_argument("--quick", action="store_true", help="fewer rounds (about 15 s)")
+    p.add_argument("--models", type=_csv, default=list(MODELS), help=f"from {','.join(MODELS)} (default: both)")
+    p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}")
+    p.add_argument("--impls", type=_csv, default=None,
+                   help=f"from {','.join(IMPLS)} (default: all available; numpy is always run as the reference)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of 10 steps per implementation")
+    p.add_argument("--json", metavar="PATH", help="write the figures here")
+    p.add_argument("--markdown", metavar="PATH", help="write the table here")
+    return p
+
+
+def loop_main(argv: list[str]) -> int:
+    import json
+
+    from . import training
+    args = loop_parser().parse_args(argv)
+    for what, given, known in (("model", args.models, training.MODELS), ("optimizer", args.optimizers,
+                                                                       training.OPTIMIZERS)):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            print(f"fastopt-bench loop: unknown {what} {', '.join(unknown)}; expected some of {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+    impls = training.available_impls() if args.impls is None else ["numpy", *(i for i in args.impls if i != "numpy")]
+    unknown = [i for i in impls if i not in training.IMPLS]
+    if unknown:
+        print(f"fastopt-bench loop: unknown impl {', '.join(unknown)}; expected some of {', '.join(training.IMPLS)}",
+              file=sys.stderr)
+        return 2
+    rounds = args.rounds or (8 if args.quick else 30)
+    results = []
+    for model in args.models:
+        for optimizer in args.optimizers:
+            results += training.run_loop(model, optimizer, tuple(impls), rounds=rounds)
+    table = training.format_table(results)
+    print(table)
+    if args.json:
+        from .engine import machine_info
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_info(), "rounds": rounds, "results": [r.__dict__ for r in results]}, f,
+                      indent=1)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "loop":
+        return loop_main(argv[1:])
     if argv and argv[0] == "compare":
         from .compare import compare, load, print_comparison
         args = compare_parser().parse_args(argv[1:])
