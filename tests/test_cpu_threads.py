@@ -57,6 +57,7 @@ def test_plan_picks_serial_below_the_grain_and_parallel_above():
                                     "exp_avg_sq": [np.zeros_like(p) for p in params], "max_exp_avg_sq": None},
                                    (False, False))
         assert plan.bytes_per_step == n * per_element
+        parallel = parallel and __import__("numba").get_num_threads() > 1
         assert plan.parallel is parallel
         assert plan.kernel is (driver.parallel if parallel else driver.serial)
 
@@ -96,6 +97,21 @@ def test_serial_and_parallel_kernels_match_the_reference_bit_for_bit(name, dtype
         for index, slots in results["numpy"][1].items():
             for slot, want in slots.items():
                 np.testing.assert_array_equal(results[mode][1][index][slot], want, err_msg=f"{name} {mode} {slot}")
+
+
+def test_one_thread_means_serial_kernels():
+    from fastopt import threads
+
+    before = threads.get_num_threads()
+    n = _cpu().PARALLEL_MIN_BYTES // 12 + 1  # plain SGD moves 12 bytes per float32 element
+    try:
+        threads.set_num_threads(1)
+        opt = fastopt.SGD([np.zeros(n, np.float32)], lr=0.1, backend="cpu")
+        opt.step([np.ones(n, np.float32)])
+        plans = _plan(opt)
+        assert plans and not any(p.parallel for p in plans)
+    finally:
+        threads.set_num_threads(before)
 
 
 def test_set_num_threads_validates_and_sets():
