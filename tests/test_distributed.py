@@ -210,9 +210,10 @@ def _mpiexec():
 
 
 def _launch(n, script, *args, timeout=120):
+    """`mpiexec -n n python -m mpi4py script args`: -m mpi4py makes an uncaught exception on one rank abort the job."""
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([*_mpiexec(), "-n", str(n), sys.executable, str(script), *map(str, args)],
+    return subprocess.run([*_mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(script), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -294,10 +295,13 @@ def test_views_without_copies(mpi_run):
     assert totals.tolist() == [13 * 7 + 29 + 0, 5 + 9]
 
 
-def test_dead_rank_ends_the_job_with_an_error():
-    done = _launch(2, ROOT / "tests" / "distributed" / "dead_rank.py", timeout=60)
+@pytest.mark.parametrize("how", ["exit", "raise"])
+def test_dead_rank_ends_the_job_with_an_error(how):
+    done = _launch(2, ROOT / "tests" / "distributed" / "dead_rank.py", how, timeout=60)  # a hang fails by timeout
     assert done.returncode != 0
     assert "finished its steps without rank 1" not in done.stdout
+    if how == "raise":
+        assert "rank 1 fails on its own" in done.stderr
 
 
 def test_sharded_example_runs():
@@ -309,7 +313,7 @@ def test_sharded_example_runs():
     for line in lines:
         loss = float(line.split("loss ")[1].split(",")[0])
         assert loss < 1e-4
-    held = [int(line.split("held here ")[1].split(" ")[0]) for line in lines]
+    held = [int(line.split("held there ")[1].split(" ")[0]) for line in lines]
     total = int(lines[0].split(" of ")[1])
     assert sum(held) == total and max(held) <= total // 2 + 64
 

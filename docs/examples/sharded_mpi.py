@@ -33,8 +33,10 @@ for _ in range(200):
 loss = float(np.mean((x @ params["w"] + params["b"] - y) ** 2))
 local = sum(a.nbytes for entry in opt.local_optimizer.state_dict()["state"].values()
             for k, a in entry.items() if k != "step") if opt.local_optimizer else 0
-print(f"rank {rank}/{size}: loss {loss:.2e}, Adam state held here {local} bytes "
-      f"of {2 * sum(p.nbytes for p in params.values())}")
+held = comm.gather(local, root=0)  # print from rank 0 only: lines from several ranks would interleave
 checkpoint = opt.state_dict()  # the full state, the same on every rank: save it from rank 0
 if rank == 0:
+    for r, nbytes in enumerate(held):
+        print(f"rank {r}/{size}: loss {loss:.2e}, Adam state held there {nbytes} bytes "
+              f"of {2 * sum(p.nbytes for p in params.values())}")
     print("checkpoint steps:", sorted({entry["step"] for entry in checkpoint["state"].values()}))
