@@ -97,8 +97,14 @@ def main():
 
     local = sharded.local_optimizer.state_dict()["state"] if sharded.local_optimizer else {}
     state_sharded = sum(a.nbytes for e in local.values() for k, a in e.items() if k != "step")
-    buffers = {name: sum(getattr(b, name).nbytes for b in sharded.buckets) for name in ("params", "grads", "received")}
+    buffers = {"params": sum(b.params.nbytes for b in sharded.buckets),
+               "grads": sum(b.grads.nbytes for b in sharded.buckets),
+               "received": sum(b.received.nbytes for b in sharded.buckets if b.received is not b.grads)}
     buffers_engine = sum(b.received.nbytes for b in engine.buckets)
+    # what a rank holds in the zero-copy mode (params and grads are the optimizer's views): the model's arrays,
+    # the reduction's scratch and the optimizer state, against all-reduce + an unsharded optimizer
+    held_plain = 2 * nbytes + state_plain
+    held_sharded = sum(buffers.values()) + state_sharded
     exchange = len(pickle.dumps((None, "0" * 40)))  # the validation exchange's message per rank
     share = (SIZE - 1) / SIZE
     report = {
@@ -113,6 +119,8 @@ def main():
         "sharded_buffers_bytes_per_rank": {**buffers, "received (reduction='engine')": buffers_engine},
     }
     report["state_ratio"] = max(report["state_bytes_per_rank"]["sharded"]) / state_plain
+    report["held_bytes_per_rank"] = {"allreduce": held_plain, "sharded": max(COMM.allgather(held_sharded))}
+    report["held_ratio"] = report["held_bytes_per_rank"]["sharded"] / held_plain
     if RANK == 0:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -130,8 +138,12 @@ def main():
                   f"Adam state per rank: unsharded {state_plain / 1e6:.1f} MB, sharded "
                   f"{max(report['state_bytes_per_rank']['sharded']) / 1e6:.1f} MB (ratio {report['state_ratio']:.3f})."
                   , f"Flat buffers a sharded rank holds besides: params {buffers['params'] / 1e6:.1f} MB, grads "
-                  f"{buffers['grads'] / 1e6:.1f} MB, receive {buffers['received'] / 1e6:.1f} MB (ordered reduction; "
-                  f"{buffers_engine / 1e6:.1f} MB with reduction='engine')."]
+                  f"{buffers['grads'] / 1e6:.1f} MB, receive {buffers['received'] / 1e6:.1f} MB (the ordered "
+                  f"reduction over MPI works in place in the grads; {buffers_engine / 1e6:.1f} MB with "
+                  "reduction='engine').",
+                  f"Everything a rank holds (params, grads, scratch, state; zero-copy mode): all-reduce + unsharded "
+                  f"{held_plain / 1e6:.1f} MB, sharded {report['held_bytes_per_rank']['sharded'] / 1e6:.1f} MB "
+                  f"(ratio {report['held_ratio']:.3f}; with n ranks: (8 + 8/n) / 16 bytes per fp32 Adam param)."]
         stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 

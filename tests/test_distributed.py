@@ -157,6 +157,17 @@ def test_nccl_engine_offsets_and_counts():
         engine.all_gather(np.zeros(3, np.complex64))
 
 
+def test_nccl_engine_exchange_small_and_large_objects():
+    nccl = _FakeNccl()
+    comm = _HostComm(nccl)
+    engine = _StandInEngine(comm, nccl)
+    assert engine.exchange((None, "f" * 40)) == [(None, "f" * 40)]
+    assert [c[0] for c in comm.calls] == ["allGather"]  # the per-step message fits one round
+    big = ("ValueError", "x" * 1000)
+    assert engine.exchange(big) == [big]
+    assert [c[0] for c in comm.calls] == ["allGather"] * 3  # a second, wider round for what did not fit
+
+
 @pytest.mark.parametrize("reduction", ["ordered", "engine"])
 @pytest.mark.parametrize("name", ["adam", "momentum", "rmsprop"])
 def test_nccl_engine_world_of_one_matches_plain_optimizer(name, reduction):

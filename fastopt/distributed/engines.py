@@ -4,7 +4,8 @@ fastopt writes no transport of its own. An engine wraps a communicator and offer
 optimizer needs, on flat contiguous buffers split into `size` equal blocks of `block` elements:
 
     reduce_scatter_sum(send, recv)   recv (one block) = the sum over ranks of their send's block `rank`
-    all_to_all(send, recv)           block r of send goes to rank r, block r of recv comes from rank r
+    all_to_all(send, recv)           block r of send goes to rank r, block r of recv comes from rank r; recv may be
+                                     send itself (in place) where `in_place_all_to_all` is True
     all_gather(buffer)               in place: every rank's block `rank` is copied to every rank
     exchange(obj)                    small picklable host objects from every rank, as a list in rank order
     rank, size
@@ -34,6 +35,7 @@ class Engine:
     name = "engine"
     rank: int
     size: int
+    in_place_all_to_all = False  # True: all_to_all(buffer, buffer) is allowed, and saves a buffer of a bucket
 
     def reduce_scatter_sum(self, send, recv) -> None:
         raise NotImplementedError
@@ -58,6 +60,7 @@ class MPIEngine(Engine):
     mpi4py), and the current stream is synchronized before each call since MPI does not order itself on it."""
 
     name = "mpi"
+    in_place_all_to_all = True  # MPI_Alltoall with MPI_IN_PLACE (MPI 2.2)
 
     def __init__(self, comm):
         from mpi4py import MPI
@@ -78,7 +81,7 @@ class MPIEngine(Engine):
 
     def all_to_all(self, send, recv) -> None:
         self._ready(send, recv)
-        self.comm.Alltoall(send, recv)
+        self.comm.Alltoall(self._mpi.IN_PLACE if recv is send else send, recv)
 
     def all_gather(self, buffer) -> None:
         self._ready(buffer)
@@ -155,19 +158,31 @@ class NCCLEngine(Engine):
                             self._stream())
 
     def exchange(self, obj) -> list:
+        """Pickled objects through one all-gather of fixed-size slots (a length, then the bytes); a second, wider one
+        only when some rank's object does not fit. Reading the result synchronizes the host with the stream."""
         import numpy
 
         data = numpy.frombuffer(pickle.dumps(obj), numpy.uint8)
-        lengths = self._empty(self.size, numpy.int64)
-        lengths[self.rank] = data.size
-        self.all_gather(lengths)
-        lengths = [int(n) for n in _to_host(lengths)]
-        width = max(lengths)
+        slots = self._gather_slots(data, self.EXCHANGE_SLOT)
+        lengths = [int(numpy.frombuffer(slot[:8].tobytes(), numpy.int64)[0]) for slot in slots]
+        if max(lengths) > self.EXCHANGE_SLOT - 8:
+            slots = self._gather_slots(data, max(lengths) + 8)
+        return [pickle.loads(slot[8:8 + n].tobytes()) for slot, n in zip(slots, lengths)]
+
+    EXCHANGE_SLOT = 256  # bytes per rank: the per-step validation message (~60 bytes) fits in one round
+
+    def _gather_slots(self, data, width):
+        import numpy
+
+        mine = numpy.zeros(width, numpy.uint8)
+        mine[:8] = numpy.frombuffer(numpy.int64(data.size).tobytes(), numpy.uint8)
+        fit = min(data.size, width - 8)
+        mine[8:8 + fit] = data[:fit]
         buffer = self._empty(self.size * width, numpy.uint8)
-        buffer[self.rank * width:self.rank * width + data.size] = _like(buffer, data)
+        buffer[self.rank * width:(self.rank + 1) * width] = _like(buffer, mine)
         self.all_gather(buffer)
         host = _to_host(buffer)
-        return [pickle.loads(host[r * width:r * width + n].tobytes()) for r, n in enumerate(lengths)]
+        return [host[r * width:(r + 1) * width] for r in range(self.size)]
 
 
 def _to_host(array):

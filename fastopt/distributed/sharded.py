@@ -14,16 +14,20 @@ them only.
 A step: copy the local grads into the flat grad bucket (one copy; none when they are `grad_views`), reduce across
 ranks to this rank's block, divide by the world size, run the fused update on the shard, all-gather the param bucket,
 copy into the user's arrays (unless `copy_back=False`: then train `param_views`). No array is allocated per step.
+The grad bucket is the reduction's scratch: after a step, `grad_views` hold other ranks' data (write every grad
+each step, as a backward pass does).
 
 The mean (reduction="ordered", the default): every rank receives the other ranks' blocks of its shard (all-to-all)
 and adds them in rank order, in the grads' dtype, then divides by the world size:
     mean = (((g_0 + g_1) + g_2) + ... + g_{n-1}) / n
 which is bitwise `numpy.mean(numpy.stack([g_0, ..., g_{n-1}]), axis=0)`, so a sharded step equals, bit for bit, a
 single process stepping on that mean (the updates are elementwise, so a shard computes exactly what the whole
-would). reduction="engine" uses the engine's reduce-scatter instead (MPI_Reduce_scatter_block / ncclReduceScatter):
-no receive buffer of a whole bucket, but the engine chooses the order of the additions, so with more than two ranks
-the mean may differ from the ordered one in the last bits (with two, a + b = b + a and it is still exact). Either way
-every rank ends with bitwise identical params, since each element is computed on one rank and gathered.
+would). Over MPI the all-to-all runs in place in the grad bucket; NCCL has no in-place all-to-all, so there the
+ordered reduction holds a receive buffer the size of the bucket. reduction="engine" uses the engine's reduce-scatter
+instead (MPI_Reduce_scatter_block / ncclReduceScatter; a receive buffer of one shard), but the engine chooses the
+order of the additions, so with more than two ranks the mean may differ from the ordered one in the last bits (with
+two, a + b = b + a and it is still exact). Either way every rank ends with bitwise identical params, since each
+element is computed on one rank and gathered.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def _aligned_zeros(xp, n, dtype):
 class _Bucket:
     """The params of one (param group, dtype): flat buffers and this rank's pieces."""
 
-    def __init__(self, group, members, arrays, size, rank, reduction, xp):
+    def __init__(self, group, members, arrays, size, rank, reduction, in_place, xp):
         self.group, self.members = group, members            # members: indices into the group's params
         self.shapes = [tuple(arrays[i].shape) for i in members]
         self.sizes = [int(arrays[i].size) for i in members]
@@ -82,7 +86,10 @@ class _Bucket:
         padded = size * self.block
         self.params = _aligned_zeros(xp, padded, self.dtype)
         self.grads = _aligned_zeros(xp, padded, self.dtype)  # padding stays zero: the reduction adds zeros there
-        self.received = _aligned_zeros(xp, padded if reduction == "ordered" else self.block, self.dtype)
+        if reduction == "ordered":  # the other ranks' blocks of this shard: in the grad bucket itself where allowed
+            self.received = self.grads if in_place else _aligned_zeros(xp, padded, self.dtype)
+        else:
+            self.received = _aligned_zeros(xp, self.block, self.dtype)
         self.mean = self.received[:self.block]                # the reduced grads of this rank's shard
         self.param_views = [self.params[o:o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
         self.grad_views = [self.grads[o:o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
@@ -184,7 +191,8 @@ class ShardedOptimizer:
             for i, a in enumerate(arrays):
                 by_dtype.setdefault(numpy.dtype(a.dtype), []).append(i)
             for members in by_dtype.values():
-                bucket = _Bucket(g, members, arrays, self.world_size, self.rank, self.reduction, self._xp)
+                bucket = _Bucket(g, members, arrays, self.world_size, self.rank, self.reduction,
+                                 self.engine.in_place_all_to_all, self._xp)
                 for view, i in zip(bucket.param_views, members):
                     self._xp.copyto(view, arrays[i])
                 self.buckets.append(bucket)
