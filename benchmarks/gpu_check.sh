@@ -18,6 +18,8 @@
 # Every step is logged as "==== <step>: ..." with its exit status and seconds; a step whose tool is missing (nvcc,
 # compute-sanitizer, ncu) or that needs a device in a dry run says "skipped" and why. Steps have time limits and the
 # whole run a budget (FASTOPT_GPU_BUDGET_S, default 480 s): a step that would start past it is skipped as such.
+# FASTOPT_GPU_STEPS=bench,ncu-dram runs only the named steps (the installs always run), e.g. to finish a cut run.
+# Order on the GPU: device tests, smoke, first step, memcheck, racecheck, generic tests, ncu, fastopt-bench.
 # Results (real run): benchmarks/results/<gpu>_<date>.{log,json,md} (log, fastopt-bench), _checks.{json,md} (every
 # step), _first_step.json, _ncu.csv and the bench's plots. Dry run: the same under $FASTOPT_RESULTS or a temp dir.
 # Exit status: 0 when no step failed (skips are not failures).
@@ -39,7 +41,7 @@ if [ "$DRY" -eq 1 ]; then
     results=${FASTOPT_RESULTS:-$(mktemp -d "${TMPDIR:-/tmp}/fastopt-gpu-dry-run.XXXXXX")}
     gpu=dry-run
 else
-    results=benchmarks/results
+    results=${FASTOPT_RESULTS:-benchmarks/results}
     gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '-' \
           | sed 's/^-//; s/-$//')
     gpu=${gpu:-unknown-gpu}
@@ -57,9 +59,17 @@ skip() {
     echo "==== $1: skipped: $2"
     record "$1" skipped 0 "$2"
 }
+selected() {   # installs always run; other steps only those named in FASTOPT_GPU_STEPS, when it is set
+    case "$1" in install-*|nvidia-smi) return 0 ;; esac
+    [ -z "${FASTOPT_GPU_STEPS:-}" ] || [[ ",${FASTOPT_GPU_STEPS}," == *",$1,"* ]]
+}
 # step NAME LIMIT_S CMD...: run CMD with a time limit (and within the budget), log and record how it ended.
 step() {
     local name=$1 limit=$2; shift 2
+    if ! selected "$name"; then
+        skip "$name" "not in FASTOPT_GPU_STEPS"
+        return 0
+    fi
     local left=$((BUDGET - SECONDS))
     if [ "$left" -le 10 ]; then
         skip "$name" "the run's time budget (${BUDGET} s) is spent"
@@ -166,29 +176,31 @@ import fastopt.__main__, benchmarks.convergence; print('fastopt.bench and its mo
     echo "tools for the real run: compute-sanitizer ${sanitizer:-ABSENT (memcheck/racecheck will be skipped)}," \
          "ncu ${ncu:-ABSENT (DRAM throughput will be skipped)}, nvcc ${nvcc:-absent}"
 else
-    step cuda-tests 180 "$PY" -m pytest "${device_tests[@]}" -q -rs -x
-    step smoke 120 "$PY" -m fastopt smoke             # every family, dtype and path; warms the kernel cache
+    step cuda-tests 150 "$PY" -m pytest "${device_tests[@]}" -q -rs -x
+    step smoke 90 "$PY" -m fastopt smoke              # every family, dtype and path; warms the kernel cache
     # The first step in a new process with the kernel cache warm (the runs above filled it).
     step first-step 60 sh -c "\"$PY\" -m fastopt first-step > \"${base}_first_step.json\" && cat \"${base}_first_step.json\""
-    step bench 240 "$PY" -m fastopt.bench.cli --backends cuda --json "${base}.json" --markdown "${base}.md" \
-        --plots "$results" --plot-prefix "${gpu}_${stamp}_" --no-progress
     if [ -n "$sanitizer" ]; then
+        # Every family, flat and table, in float32, float64 and bfloat16 storage (vector widths 4 and 2, half loads).
         for tool in memcheck racecheck; do
-            step "$tool" 150 "$sanitizer" --tool "$tool" --error-exitcode 1 "$PY" -m fastopt smoke --steps 1
+            step "$tool" 120 "$sanitizer" --tool "$tool" --error-exitcode 1 "$PY" -m fastopt smoke --steps 1 \
+                --dtype float32 --dtype float64 --dtype bfloat16
         done
     else
         skip memcheck "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda, .tools/)"
         skip racecheck "compute-sanitizer not found"
     fi
+    step generic-tests 180 env FASTOPT_TEST_BACKENDS=cuda "$PY" -m pytest "${generic_tests[@]}" -q -rs
     if [ -n "$ncu" ]; then
         # Adam, float32, 4 tensors of 16M: the flat and the table kernel, DRAM bytes and % of peak per launch.
-        step ncu-dram 150 "$ncu" --csv --log-file "${base}_ncu.csv" -k regex:fo_adam_ --metrics \
+        step ncu-dram 120 "$ncu" --csv --log-file "${base}_ncu.csv" -k regex:fo_adam_ --metrics \
             gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
             "$PY" -m fastopt smoke --family adam --dtype float32 --sizes 16777216,16777216,16777216,16777216 --steps 1
     else
         skip ncu-dram "Nsight Compute (ncu) not found (PATH, CUDA_HOME, /opt/nvidia/nsight-compute, .tools/)"
     fi
-    step generic-tests 240 env FASTOPT_TEST_BACKENDS=cuda "$PY" -m pytest "${generic_tests[@]}" -q -rs
+    step bench 240 "$PY" -m fastopt.bench.cli --backends cuda --json "${base}.json" --markdown "${base}.md" \
+        --plots "$results" --plot-prefix "${gpu}_${stamp}_" --no-progress
 fi
 
 # ---- 5. the summary ---------------------------------------------------------------------------------------------------
