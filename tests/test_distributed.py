@@ -201,6 +201,11 @@ def test_bad_input_changes_nothing_single_rank():
         opt.step([np.ones(4, np.float32)])
     with pytest.raises(ValueError, match="reduction"):
         ShardedOptimizer(fastopt.Adam, params, _StandInEngine(_HostComm(nccl), nccl), reduction="tree")
+    class ArrayLike:  # shaped and typed, but neither NumPy nor CuPy: the buckets could not hold it
+        shape, dtype, size = (3,), np.dtype(np.float32), 3
+
+    with pytest.raises(TypeError, match="rank 0: params: expected NumPy or CuPy arrays"):
+        ShardedOptimizer(fastopt.Adam, [ArrayLike()], _StandInEngine(_HostComm(nccl), nccl))
     np.testing.assert_array_equal(params[0], np.ones(5, np.float32))
     assert opt.state_dict()["state"] == {}
 

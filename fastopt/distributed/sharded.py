@@ -172,6 +172,9 @@ class ShardedOptimizer:
                 new["param_names"] = names
             self.param_groups.append(new)
         kinds = {type(a) for g in self.param_groups for a in g["params"]}
+        known = [k for k in kinds if k.__module__.split(".")[0] in ("numpy", "cupy")]
+        if len(known) < len(kinds):  # the buckets are NumPy or CuPy arrays (torch: pass CuPy/NumPy views)
+            raise TypeError(f"params: expected NumPy or CuPy arrays, got {sorted(k.__name__ for k in kinds)}")
         if len(kinds) > 1:
             raise TypeError(f"params: expected arrays of one kind, got {sorted(k.__name__ for k in kinds)}")
         for g, group in enumerate(self.param_groups):
