@@ -677,6 +677,37 @@ def test_torch_parameters_that_require_grad_are_viewed_zero_copy_and_updated(fak
         _compare(store[t], want_p[t], np.float32, f"torch-like param {t}")
 
 
+class _RefusingTensor(_TorchLikeTensor):
+    """A stand-in that refuses export without saying why (no requires_grad attribute)."""
+
+    def __init__(self, a, requires_grad=True):
+        super().__init__(a, requires_grad)
+        self._refuses = requires_grad
+        del self.requires_grad
+
+    @property
+    def __cuda_array_interface__(self):
+        if self._refuses:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+        return _TorchLikeTensor(self.a).__cuda_array_interface__
+
+    def __dlpack__(self, stream=None):
+        raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+
+    def detach(self):
+        return _RefusingTensor(self.a, requires_grad=False)
+
+
+@pytest.mark.parametrize("make", [_TorchLikeTensor, _RefusingTensor])
+def test_owns_and_as_array_agree_for_tensors_that_refuse_export(fake_cupy, make):
+    from fastopt.backends.cuda import BACKEND
+    a = np.arange(6, dtype=np.float32)
+    t = make(a, requires_grad=True)
+    assert BACKEND.owns(t)
+    view = BACKEND.as_array(t)
+    assert view.data.ptr == a.ctypes.data and view.shape == a.shape and view.dtype == a.dtype
+
+
 def test_a_step_that_fails_its_checks_leaves_nothing_behind(fake_cupy):
     from fastopt.backends.cuda import BACKEND
     sizes = (3, 4097, 20000)

@@ -330,9 +330,20 @@ _DLPACK_CUDA = (2, 13)   # kDLCUDA, kDLCUDAManaged
 def _exportable(array):
     """What to view: a torch tensor that requires grad refuses both exports (its __cuda_array_interface__ raises
     RuntimeError, which hasattr does not catch), its detach() shares the memory and exports."""
-    if getattr(array, "requires_grad", False) is True and callable(getattr(array, "detach", None)):
-        return array.detach()
+    detach = getattr(array, "detach", None)
+    if callable(detach) and (getattr(array, "requires_grad", False) is True or _refuses_export(array)):
+        return detach()
     return array
+
+
+def _refuses_export(array) -> bool:
+    try:
+        array.__cuda_array_interface__  # noqa: B018 - the access is the test
+    except AttributeError:   # no interface at all (or a CPU tensor): nothing detach() would change
+        return False
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError for a tensor that requires grad
+        return True
+    return False
 
 
 def _cuda_interface(array):
