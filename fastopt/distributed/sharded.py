@@ -228,7 +228,7 @@ class ShardedOptimizer:
         """A digest of what every rank must agree on: the buckets' shapes and dtypes, hyperparameters and steps."""
         parts = [self.optimizer_class.__name__, self.reduction]
         for g, group in enumerate(self.param_groups):
-            parts.append(repr(sorted(self._hyper(group).items())))
+            parts.append(repr(sorted((k, _plain(v)) for k, v in self._hyper(group).items())))
             parts.append(repr([(tuple(a.shape), str(a.dtype)) for a in self._arrays[g]]))
             if not layout:
                 parts.append(repr(self._steps[g]))
@@ -524,3 +524,14 @@ def _checked_step(step, key) -> int:
     if not isinstance(value, numbers.Real) or value < 0 or value != int(value):
         raise ValueError(f"state_dict: state[{key}]['step'] must be a whole number >= 0, got {step!r}")
     return int(value)
+
+
+def _plain(value):
+    """A hyperparameter as plain Python values, so that 0.01 and numpy.float64(0.01) digest the same."""
+    if isinstance(value, (bool, numpy.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    return value
