@@ -109,7 +109,7 @@ class ShardedOptimizer:
     - `comm`: an mpi4py communicator, a cupy.cuda.nccl.NcclCommunicator, cupyx.distributed's NCCL backend, or an
       Engine (see fastopt.distributed.engines).
     - `reduction`: "ordered" (default; bitwise the mean a single process computes, see the module docstring) or
-      "engine" (the engine's reduce-scatter: less memory, the engine's order of additions).
+      "engine" (the engine's reduce-scatter, in the engine's order of additions; over NCCL it needs less memory).
 
     Every call is collective: every rank must call it, in the same order. Bad input on any rank raises the same
     error on every rank (prefixed with the rank it came from) before any data moves.
