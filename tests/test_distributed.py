@@ -306,6 +306,8 @@ def test_views_without_copies(mpi_run):
     for rank in ranks:
         views = rank["views"]
         assert views["views_equal"] and views["user_untouched"] and views["shard_starts_aligned"]
+        assert views["local_state_elements"] == sum(views["local_elements"])
+        assert views["inner_groups"] == views["local_buckets"] == 2  # one fused update per (group, dtype) bucket
     # state exists for the shard only: the ranks' local elements add up to the model, none held twice
     totals = np.sum([rank["views"]["local_elements"] for rank in ranks], axis=0)
     assert totals.tolist() == [13 * 7 + 29 + 0, 5 + 9]

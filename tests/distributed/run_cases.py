@@ -246,7 +246,11 @@ def case_views():
                                                                        reference.param_groups[0]["params"])),
             "user_untouched": all(np.array_equal(a, b) for a, b in zip(user, params)),
             "shard_starts_aligned": all(b.params[b.start:].ctypes.data % 16 == 0 for b in opt.buckets),
-            "local_elements": [sum(last - first for _, first, last in b.pieces) for b in opt.buckets]}
+            "local_elements": [sum(last - first for _, first, last in b.pieces) for b in opt.buckets],
+            # state for the shard only: exp_avg covers exactly the local elements; one inner group per local bucket
+            "local_state_elements": sum(e["exp_avg"].size for e in opt.local_optimizer.state_dict()["state"].values()),
+            "inner_groups": len(opt.local_optimizer.param_groups),
+            "local_buckets": sum(1 for b in opt.buckets if b.pieces)}
 
 
 def main(out):
