@@ -104,6 +104,8 @@ find_tool() {
     return 1
 }
 have_cupy() { "$PY" -c "import cupy" >/dev/null 2>&1; }
+# The GPU machine is a bare, throwaway image whose python3 may be an "externally managed" system interpreter (PEP 668).
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 echo "fastopt GPU check$([ "$DRY" -eq 1 ] && echo ' (DRY RUN: no device needed)'), $(date -u), commit" \
      "$(git rev-parse --short HEAD 2>/dev/null || echo '?'), python $("$PY" -c 'import sys; print(sys.version.split()[0])') ($PY)"
@@ -131,7 +133,7 @@ else
     step install-cupy 300 "$PY" -m pip install -q --retries 1 --timeout 20 "${cupy_pkg}>=14.1"
 fi
 
-setuptools_version=$("$PY" -c "import setuptools; print(setuptools.__version__)" 2>/dev/null || echo none)
+setuptools_version=$("$PY" -c "import setuptools; print(setuptools.__version__)" 2>/dev/null || echo "(none)")
 if "$PY" -c "import sys, setuptools; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
     step install-fastopt 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 else
