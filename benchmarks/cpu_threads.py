@@ -3,7 +3,7 @@
     python -m benchmarks.cpu_threads grain     # serial vs parallel kernel, per size: where parallel starts to pay
     python -m benchmarks.cpu_threads policy [SETTING...]  # threading layers, wait policies, in a training loop
 
-`grain` times one plan's kernel call both ways, side by side, over sizes that straddle the threshold
+`grain` times one optimizer's step with each kernel, side by side, over sizes that straddle the threshold
 (fastopt.backends.cpu.PARALLEL_MIN_BYTES). `policy` runs the training loop of fastopt.bench.training in a fresh
 process per setting (OpenMP reads its variables once, at load), with fastopt's update forced parallel, and reports
 the update and the gradient time next to the textbook NumPy update in the same process. Results are printed as
@@ -42,30 +42,43 @@ def _median_time(call, repeats=15, min_time=0.004):
     return float(np.median(samples))
 
 
+def _plans(opt):
+    """The cpu plans an optimizer built, found by walking its attributes (no private names relied on)."""
+    found, stack, seen = [], list(vars(opt).values()), set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if type(item).__name__ == "_NumbaPlan":
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif hasattr(item, "__dict__") and type(item).__module__.startswith("fastopt"):
+            stack.extend(vars(item).values())
+    return found
+
+
 def grain(sizes=SIZES, cases=(("adam", "float32"), ("adam", "float64"), ("sgd", "float64"))):
-    from fastopt import functional
-    from fastopt.backends import cpu
-    from fastopt.specs import SPECS
+    import fastopt
 
     lines = ["| optimizer | dtype | elements | bytes moved | serial us | parallel us | parallel / serial |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, dtype in cases:
-        spec = SPECS[name]
-        hyper = dict(spec.defaults, lr=1e-3)
-        if name == "sgd":
-            hyper["momentum"] = 0.9
+        hyper = {"lr": 1e-3, "momentum": 0.9} if name == "sgd" else {"lr": 1e-3}
         for n in sizes:
             params = [np.ones(n, dtype)]
             grads = [np.full(n, 1e-3, dtype)]
-            state = functional.init_state(name, params, backend="cpu", **hyper)
-            slots = {s.name: (state[s.name] if s.active(hyper) else None) for s in spec.slots}
-            plan = cpu.BACKEND.prepare(spec, params, slots, spec.flags(hyper))
-            scalars = spec.scalars(hyper, 2)
-            driver = sys.modules[f"fastopt.kernels.cpu.{spec.kernel}"].update
+            opt = fastopt.OPTIMIZERS[name](params, backend="cpu", **hyper)
+            opt.step(grads)
+            (plan,) = _plans(opt)
+            driver = sys.modules[f"fastopt.kernels.cpu.{fastopt.SPECS[name].kernel}"].update
             times = {}
             for variant in ("serial", "parallel"):
                 plan.kernel = getattr(driver, variant)
-                times[variant] = _median_time(lambda: plan.run(grads, scalars))  # noqa: B023
+                times[variant] = _median_time(lambda: opt.step(grads))  # noqa: B023
             lines.append(f"| {name} | {dtype} | {n:,} | {plan.bytes_per_step / 1e6:.2f} MB | "
                          f"{1e6 * times['serial']:.1f} | {1e6 * times['parallel']:.1f} | "
                          f"{times['parallel'] / times['serial']:.2f} |")
