@@ -372,6 +372,11 @@ class Optimizer:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict: has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
+        listed = {key for saved in saved_groups if isinstance(saved, dict) for key in saved.get("params", ())}
+        orphans = sorted(map(repr, set(saved_state) - listed))
+        if orphans:  # e.g. keys turned into strings by JSON: the state would otherwise be dropped silently
+            raise ValueError(f"state_dict: state has entries {orphans[:5]} that no param group lists in 'params' "
+                             f"(its params are {sorted(map(repr, listed))[:5]}...)")
         known = {s.name for s in self.spec.slots}
         new = []
         for index, (saved, record) in enumerate(zip(saved_groups, self._groups)):

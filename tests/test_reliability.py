@@ -325,6 +325,7 @@ DAMAGED = {
     "NaN step array": (lambda sd: sd["state"][0].update(step=np.array(np.nan, np.float32)), r"state\[0\]"),
     "bool step": (lambda sd: sd["state"][0].update(step=True), r"state\[0\]\['step'\]"),
     "foreign slot": (lambda sd: sd["state"][0].update(momentum_buffer=np.zeros(3)), "momentum_buffer"),
+    "keys made strings (JSON)": (lambda sd: sd.update(state={str(k): v for k, v in sd["state"].items()}), "'0'"),
 }
 
 
