@@ -142,8 +142,11 @@ else
 fi
 
 if [ "$DRY" -eq 1 ] && ! "$PY" -c "import sys; from fastopt import cuda_build; sys.exit(cuda_build.nvrtc_version() is None)" 2>/dev/null; then
-    if [ -n "$nvcc_release" ]; then nvrtc_pin="${nvcc_release}.*"; else nvrtc_pin="${cuda_major}.*"; fi
-    [ "$cuda_major" -ge 13 ] && nvrtc_pkg=nvidia-cuda-nvrtc || nvrtc_pkg=nvidia-cuda-nvrtc-cu12
+    # NVRTC of CuPy's CUDA major version (the library CuPy loads), at nvcc's minor version when nvcc has that major.
+    cupy_major=$("$PY" -c "import cupy; print(cupy.cuda.runtime.runtimeGetVersion() // 1000)" 2>/dev/null \
+                 || echo "$cuda_major")
+    if [ "${nvcc_release%%.*}" = "$cupy_major" ]; then nvrtc_pin="${nvcc_release}.*"; else nvrtc_pin="${cupy_major}.*"; fi
+    [ "$cupy_major" -ge 13 ] && nvrtc_pkg=nvidia-cuda-nvrtc || nvrtc_pkg=nvidia-cuda-nvrtc-cu12
     step install-nvrtc 300 "$PY" -m pip install -q --retries 1 --timeout 20 "${nvrtc_pkg}==${nvrtc_pin}"
 fi
 
