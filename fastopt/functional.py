@@ -316,6 +316,8 @@ def update(optimizer, params, grads, state, *, step: int | None = None, backend=
         check_grads(grads, prepared.params, "params[{}]".format, "grads[{}]".format)
         prepared = prepared.with_grads(grads)
     prepared.update.run(prepared.grad_views, hyper, step)
+    if creates:
+        state[spec.first_step_slot] = list(dict(prepared.held)[spec.first_step_slot])
     with _cache_lock:  # the step ran: now remember what it checked
         _CACHE[key] = prepared
         _CACHE.move_to_end(key)
@@ -347,11 +349,12 @@ def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared
     arrays = [backend.as_array(p) for p in params]
     check_params(arrays, backend, names)
     check_state(spec, hyper, arrays, state, backend, names)
-    if creates:  # everything checked: the first step adds the buffer (zeros: the first step's scalars ignore it)
-        state[spec.first_step_slot] = state_arrays(backend, arrays, 0.0)
+    slots = dict(state)
+    if creates:  # the first step's buffer (zeros: the first step's scalars ignore it); joins `state` once it ran
+        slots[spec.first_step_slot] = state_arrays(backend, arrays, 0.0)
     active = spec.active_slots(hyper)
-    views = {s.name: [backend.as_array(a) for a in state[s.name]] for s in active}
-    held = [(s.name, list(state[s.name])) for s in active]
+    views = {s.name: [backend.as_array(a) for a in slots[s.name]] for s in active}
+    held = [(s.name, list(slots[s.name])) for s in active]  # copies: a list edited in place must not match
     update = FusedUpdate(spec, arrays, views, hyper, backend)
     return _Prepared(params, held, update, backend, grads, [backend.as_array(g) for g in grads])
 

@@ -149,5 +149,9 @@ def test_the_plan_cache_is_keyed_on_identities_it_holds_and_is_bounded(monkeypat
     functional.adam(params, [np.ones(8)], state, step=2, lr=0.1)
     assert len(calls) == functional._CACHE_SIZE + 4
     assert state["exp_avg"][0][0] != 0
+    state["exp_avg_sq"][0] = np.zeros(8)  # an element of a state list replaced in place: a new plan too
+    functional.adam(params, [np.ones(8)], state, step=3, lr=0.1)
+    assert len(calls) == functional._CACHE_SIZE + 5
+    assert state["exp_avg_sq"][0][0] != 0
     functional.clear_cache()
     assert not functional._CACHE

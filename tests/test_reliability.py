@@ -308,6 +308,13 @@ def test_functional_sgd_decides_the_first_step_by_the_buffer_like_torch():
     np.testing.assert_allclose(ours[0], theirs.detach().numpy(), rtol=1e-14, atol=1e-15)
 
 
+def test_a_failed_first_functional_sgd_step_creates_no_buffer():
+    state = {}
+    with pytest.raises(ValueError, match="shape"):
+        functional.sgd([np.zeros(3)], [np.zeros(4)], state, lr=0.1, momentum=0.9)
+    assert state == {}  # so the next (good) step is still the first, as in torch
+
+
 # ---- 10.6: damaged state is refused, naming the entry ----------------------------------------------------------------
 
 def _adam_after_a_step():
