@@ -10,7 +10,14 @@ group, one dtype, one step count) and runs it every step:
 every slot of `spec.slots` to a list of arrays shaped like the params, or to None for an inactive slot; `grads`
 are validated, C-contiguous and shaped like the params, and are often the very same objects step after step (a
 plan may cache what it builds from them by identity); `flags` is `spec.flags(hyper)`; `scalars`
-is `spec.scalars(hyper, step)` as Python floats (the backend casts them to the compute dtype).
+is `spec.scalars(hyper, step)` as Python floats (the backend casts them to the compute dtype): the layers above pass
+hyperparameters through `OptimizerSpec.normalize`, so a Fraction or NumPy scalar lr arrives as a float.
+
+Arrays reach a backend through its own `as_array`: the NumPy backends see plain ndarray views (never an np.matrix,
+where `*` is a matrix product, nor a memmap), so the reference's arithmetic is elementwise whatever the user passed.
+State views sit at their param's offset modulo 16 bytes (`functional.state_arrays`), so vector paths stay usable.
+A plan holds every array whose address it records; the layers above rebuild plans (never copy them) when params
+change, and after a copy or unpickling of an optimizer.
 """
 
 from __future__ import annotations
