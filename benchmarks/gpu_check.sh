@@ -202,7 +202,7 @@ import fastopt.__main__, benchmarks.convergence; print('fastopt.bench and its mo
     echo "tools for the real run: compute-sanitizer ${sanitizer:-ABSENT (memcheck/racecheck will be skipped)}," \
          "ncu ${ncu:-ABSENT (DRAM throughput will be skipped)}, nvcc ${nvcc:-absent}"
 else
-    step cuda-tests 150 "$PY" -m pytest "${device_tests[@]}" -q -rs -x
+    step cuda-tests 150 "$PY" -m pytest "${device_tests[@]}" -q -rs --maxfail=20
     step smoke 90 "$PY" -m fastopt smoke              # every family, dtype and path; warms the kernel cache
     # The first step in a new process with the kernel cache warm (the runs above filled it).
     step first-step 60 sh -c "\"$PY\" -m fastopt first-step > \"${base}_first_step.json\" && cat \"${base}_first_step.json\""
@@ -210,7 +210,7 @@ else
         # Every family, flat and table, in float32, float64 and bfloat16 storage (vector widths 4 and 2, half loads).
         for tool in memcheck racecheck; do
             step "$tool" 120 "$sanitizer" --tool "$tool" --error-exitcode 1 "$PY" -m fastopt smoke --steps 1 \
-                --dtype float32 --dtype float64 --dtype bfloat16
+                --no-pool --dtype float32 --dtype float64 --dtype bfloat16
         done
     else
         skip memcheck "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda, .tools/)"

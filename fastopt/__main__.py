@@ -79,7 +79,7 @@ def _split(arrays_np, flat, upload):
     return out
 
 
-def smoke(families, dtypes, sizes, steps) -> int:
+def smoke(families, dtypes, sizes, steps, pool=True) -> int:
     """Every spec (defaults, and every flag on) x dtype x {flat, table} for `steps` steps; every param element must
     change and stay finite. Returns 0, or 1 naming the failures."""
     import numpy as np
@@ -93,6 +93,8 @@ def smoke(families, dtypes, sizes, steps) -> int:
         return 2
     import cupy as cp
 
+    if not pool:   # every array its own cudaMalloc: compute-sanitizer then sees the exact bounds of each one
+        cp.cuda.set_allocator(None)
     failures, runs = [], 0
     rng = np.random.default_rng(0)
     for spec in SPECS.values():
@@ -187,6 +189,7 @@ def main(argv=None) -> int:
                      help="float16, bfloat16, float32, float64 (default: all)")
     run.add_argument("--sizes", default="1,3,4097,70001", help="comma-separated tensor sizes")
     run.add_argument("--steps", type=int, default=2)
+    run.add_argument("--no-pool", action="store_true", help="no CuPy memory pool (for compute-sanitizer)")
     first = commands.add_parser("first-step", help="time the first Adam step in this process (JSON)")
     first.add_argument("--tensors", type=int, default=148)
     first.add_argument("--size", type=int, default=1 << 16)
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
         return check_nvrtc(args.arch or ("sm_80", "sm_90"))
     if args.command == "smoke":
         return smoke(args.family, args.dtype or ["float16", "bfloat16", "float32", "float64"],
-                     [int(n) for n in args.sizes.split(",")], args.steps)
+                     [int(n) for n in args.sizes.split(",")], args.steps, pool=not args.no_pool)
     if args.command == "first-step":
         return first_step(args.tensors, args.size)
     return check_kernels(args.arch or ("sm_80", "sm_90"))
