@@ -372,6 +372,9 @@ class _FakeArray:
     def __getitem__(self, key):
         return _FakeArray(self.a[key], self.device.id)
 
+    def get(self):
+        return self.a.copy()
+
     def set(self, arr, stream=None):
         self.sets += 1
         _LOG.append(("set", None if stream is None else stream.ptr))
@@ -512,8 +515,10 @@ class _FakeCupy:
         return _FakeArray(np.zeros(n, dtype))
 
     def asarray(self, obj):
-        """Zero-copy, from __cuda_array_interface__ only (as CuPy: the exporting object becomes the owner)."""
+        """A copy of a NumPy array; zero-copy from __cuda_array_interface__ (the exporting object becomes the owner)."""
         import ctypes
+        if isinstance(obj, np.ndarray):
+            return _FakeArray(np.array(obj, copy=True))
         face = obj.__cuda_array_interface__
         dtype = np.dtype(face["typestr"])
         n = int(np.prod(face["shape"]))
@@ -825,3 +830,30 @@ def test_the_backend_claims_no_graph_capture():
     from fastopt.backends import cuda as cuda_backend
     doc = cuda_backend.__doc__
     assert "Not capturable in a CUDA graph" in doc and "(the launch itself is graph-capturable" not in doc
+
+
+def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, monkeypatch):
+    """`python -m fastopt smoke` (what compute-sanitizer and ncu wrap on the GPU) through the stand-in: every spec,
+    both paths, each launch's arithmetic done by the host build, and a skipped element is reported."""
+    import fastopt.__main__ as cli
+    from fastopt.backends import cuda as cuda_backend
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(cuda_backend.BACKEND, "_checked", True)
+    monkeypatch.setattr(cuda_backend.BACKEND, "_reason", None)
+    pools = []
+    fake_cupy.cuda.set_allocator = staticmethod(lambda allocator: pools.append(allocator))
+    assert cli.smoke(None, ["float32", "float64"], [1, 3, 4097], 2, pool=False) == 0
+    assert pools == [None]
+    kinds = {(k.family, k.kind) for k in fake_cupy.kernels.values()}
+    assert kinds == {(f, kind) for f in cuda_build.FAMILIES for kind in cuda_build.KINDS}
+    # A kernel that skips an element is caught.
+    call = _FakeKernel.__call__
+
+    def skipping(self, grid, block, args):
+        if self.kind == "flat":
+            args = (*args[:-len(cuda_build.FAMILIES[self.family].scalar_names) - 1],
+                    np.int64(int(args[-len(cuda_build.FAMILIES[self.family].scalar_names) - 1]) - 1),
+                    *args[-len(cuda_build.FAMILIES[self.family].scalar_names):])
+        call(self, grid, block, args)
+    monkeypatch.setattr(_FakeKernel, "__call__", skipping)
+    assert cli.smoke(["sgd"], ["float32"], [5], 1) == 1
