@@ -386,3 +386,32 @@ def test_grids_are_one_wave_of_what_occupancy_allows():
     plan.run([cp.ones_like(p) for p in params], spec.scalars(hyper, 1))
     assert plan._blocks <= plan.table_resident
     cp.cuda.get_current_stream().synchronize()
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"])
+def test_fastopt_torch_matches_torch_optim_on_cuda_parameters_on_a_side_stream(name):
+    """fastopt.torch's drop-ins on CUDA nn.Parameters (the cuda backend underneath), trained on a non-default
+    torch stream with no synchronization between backward and step, against torch.optim on the same GPU."""
+    torch = _torch_cuda()
+    ft = pytest.importorskip("fastopt.torch")
+    kwargs = {"lr": 1e-2, "weight_decay": 0.01}
+    if name == "SGD":
+        kwargs["momentum"] = 0.9
+    torch.manual_seed(0)
+    shapes = [(64, 33), (33,), (1,), (4097,)]
+    ref = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opts = [(ref, getattr(torch.optim, name)(ref, **kwargs)), (mine, getattr(ft, name)(mine, **kwargs))]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(5):
+            for params, opt in opts:
+                opt.zero_grad()
+                sum(((p * (i + 1)) ** 2).sum() for i, p in enumerate(params)).backward()
+                opt.step()
+    torch.cuda.synchronize()
+    tol = TOLERANCES[np.dtype(np.float32)]
+    for a, b in zip(ref, mine):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(), rtol=tol["rtol"] * 4,
+                                   atol=tol["atol"] * 4, err_msg=f"{name}: fastopt.torch vs torch.optim on the GPU")
