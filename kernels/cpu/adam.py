@@ -20,10 +20,9 @@ def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, on
         d = g[i] * grad_sign
         if coupled_decay:
             d = d + weight_decay * param
-        if small_weight:
-            m_i = m[i] + one_minus_beta1 * (d - m[i])
-        else:
-            m_i = d - (d - m[i]) * one_minus_weight
+        near_start = m[i] + one_minus_beta1 * (d - m[i])   # both, then a select: a branch here stops vectorising
+        near_end = d - (d - m[i]) * one_minus_weight
+        m_i = near_start if small_weight else near_end
         v_i = beta2 * v[i] + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
         m[i] = m_i
         v[i] = v_i

@@ -18,13 +18,13 @@ def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_al
         s = alpha * sq[i] + (one_minus_alpha * d) * d   # torch's addcmul order: d * d alone overflows sooner
         sq[i] = s
         if centered:
-            if small_weight:
-                mean = g_avg[i] + one_minus_alpha * (d - g_avg[i])
-            else:
-                mean = d - (d - g_avg[i]) * one_minus_weight
+            a = g_avg[i]
+            near_start = a + one_minus_alpha * (d - a)   # both, then a select: a branch here stops vectorising
+            near_end = d - (d - a) * one_minus_weight
+            mean = near_start if small_weight else near_end
             g_avg[i] = mean
             variance = s - mean * mean
-            if np.isinf(s) and s > 0 and np.isfinite(mean):
+            if s == np.inf and abs(mean) < np.inf:   # plain comparisons: np.isinf here stops vectorising
                 variance = s   # torch's fused s - mean * mean: inf - finite, never inf - inf (see the reference)
             avg = np.sqrt(variance) + eps
         else:

@@ -24,8 +24,9 @@ struct fo_rmsprop_op {
         if (CENTERED) {
             s[2] = fo_rmsprop_lerp(s[2], d, one_minus_alpha);
             C variance = s[0] - s[2] * s[2];
-            // torch fuses s - mean * mean: with s = +inf and mean finite it gets inf, never inf - inf = NaN
-            if (isinf(s[0]) && s[0] > C(0) && isfinite(s[2])) variance = s[0];
+            // torch fuses s - mean * mean: with s = +inf and mean finite it gets inf, never inf - inf = NaN.
+            // Comparisons only (x - x is 0 for finite x, NaN for inf and NaN), as fo_nan_max: no math header needed.
+            if (s[0] > C(0) && s[0] - s[0] != C(0) && s[2] - s[2] == C(0)) variance = s[0];
             avg = fo_sqrt(variance) + eps;
         } else {
             avg = fo_sqrt(s[0]) + eps;
