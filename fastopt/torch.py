@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from functools import cache
 
 import numpy as np
@@ -116,10 +117,67 @@ def _like(param: torch.Tensor, value: torch.Tensor, dtype) -> torch.Tensor:
 class _Run:
     """One FusedUpdate over the params of a group that share a device and a step count."""
 
-    def __init__(self, update, positions, backend, step, step_tensors, keep):
+    def __init__(self, update, positions, backend, step, counter, keep):
         self.update, self.positions, self.backend = update, positions, backend
-        self.step, self.step_tensors = step, step_tensors
-        self.keep = keep  # every tensor whose memory the plan's address tables point into
+        self.step = step          # steps taken so far
+        self.counter = counter    # the tensor every param's state["step"] views (None for SGD)
+        self.keep = keep          # every tensor whose memory the plan's address tables point into
+
+
+class _Plan:
+    """A param group's prepared update, valid while the same params (at the same addresses) have grads, their state
+    tensors are the same objects and the flags are the same. Checking that costs a few list comparisons."""
+
+    def __init__(self, params, state, flags, runs, contiguous):
+        self.params, self.flags, self.runs, self.contiguous = list(params), flags, runs, contiguous
+        self.ptrs = [p.data_ptr() for p in params]
+        self.value_ids = self._value_ids(params, state)
+        self.grads: list = []       # the grad tensors of the last step (held: their memory stays theirs)
+        self.grad_views: list = []  # and what the kernels were given for them
+
+    @staticmethod
+    def _value_ids(params, state):
+        return [id(v) for p in params for v in state.get(p, _NO_STATE).values()]
+
+    def matches(self, params, state, flags) -> bool:
+        return (flags == self.flags and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params))
+                and [p.data_ptr() for p in params] == self.ptrs  # `p.data = ...` moves a param
+                and self._value_ids(params, state) == self.value_ids)
+
+    def same_grads(self, grads) -> bool:
+        return len(grads) == len(self.grads) and all(map(operator.is_, grads, self.grads))
+
+    def run(self, grads, hyper) -> None:
+        if not self.same_grads(grads):
+            self.grad_views = [_grad_view(g, p, c) for g, p, c in zip(grads, self.params, self.contiguous)]
+            self.grads = list(grads)
+        views = self.grad_views
+        single = len(self.runs) == 1
+        for run in self.runs:
+            run_grads = views if single else [views[i] for i in run.positions]
+            step = run.step + 1
+            if run.backend.name == "cuda":
+                _run_on_torch_stream(run, run_grads, hyper, step)
+            else:
+                run.update.run(run_grads, hyper, step)
+            run.step = step
+            if run.counter is not None:
+                run.counter += 1
+
+
+_NO_STATE: dict = {}
+
+
+def _grad_view(g, p, contiguous):
+    """What the kernel reads for grad `g` of param `p`: a flat view in the param's memory order."""
+    if contiguous and g.is_contiguous():  # the common case, kept short: this runs per tensor per step
+        flat = g.detach().view(-1)
+    else:
+        if not _same_layout(g, p):
+            g = _like(p, g, g.dtype)  # torch allows any grad strides; the kernel needs the param's memory order
+        flat = _flat(g.detach())
+    return flat.numpy() if flat.device.type == "cpu" else flat
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -302,56 +360,33 @@ class Optimizer(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             hyper = self._hyper(group, f"param_groups[{index}]")
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                self._check_grad(p, index, group)
-            if params:
-                work.append((index, hyper, params))
-        plans = [(self._plan(index, hyper, params), hyper, params) for index, hyper, params in work]
-        for plan, hyper, params in plans:
-            grads = [self._grad_view(p) for p in params]
-            for run in plan[1]:
-                step = run.step + 1
-                if run.backend.name == "cuda":
-                    _run_on_torch_stream(run, [grads[i] for i in run.positions], hyper, step)
-                else:
-                    run.update.run([grads[i] for i in run.positions], hyper, step)
-                run.step = step
-                if run.step_tensors:
-                    torch._foreach_add_(run.step_tensors, 1.0)
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            plan = self._plans.get(index)
+            if plan is not None and not plan.matches(params, self.state, self.spec.flags(hyper)):
+                plan = None
+            if plan is None or not plan.same_grads(grads):
+                self._check_grads(params, grads, index, group)
+            work.append((index, hyper, params, grads, plan))
+        ready = []
+        for index, hyper, params, grads, plan in work:
+            if plan is None:
+                plan = self._plans[index] = self._build(index, hyper, params)
+            ready.append((plan, hyper, grads))
+        for plan, hyper, grads in ready:
+            plan.run(grads, hyper)
         return loss
 
-    def _check_grad(self, p, index, group) -> None:
-        g = p.grad
-        if g.is_sparse:
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            position = next(i for i, q in enumerate(group["params"]) if q is p)
-            raise ValueError(f"param_groups[{index}]['params'][{position}].grad: expected shape {tuple(p.shape)}, "
-                             f"{p.dtype} on {p.device} like the param, got {tuple(g.shape)}, {g.dtype} on {g.device}")
-
-    @staticmethod
-    def _grad_view(p):
-        g = p.grad
-        if not _same_layout(g, p):
-            g = _like(p, g, g.dtype)  # torch allows any grad strides; the kernel needs the param's memory order
-        flat = _flat(g.detach())
-        return flat.numpy() if flat.device.type == "cpu" else flat
-
-    def _key(self, params, hyper) -> tuple:
-        """What a plan depends on: the params (and their memory), which have grads, their state tensors, flags."""
-        state = self.state
-        return (self.spec.flags(hyper),
-                tuple((p, p.data_ptr(), p.dtype, p.numel(), *map(id, state[p].values())) if p in state
-                      else (p, p.data_ptr(), p.dtype, p.numel()) for p in params))
-
-    def _plan(self, index: int, hyper: dict, params: list) -> tuple:
-        key = self._key(params, hyper)
-        cached = self._plans.get(index)
-        if cached is not None and cached[0] == key:
-            return cached
-        runs = self._build(index, hyper, params)
-        plan = self._plans[index] = (self._key(params, hyper), runs)  # state now exists: key it as it is
-        return plan
+    def _check_grads(self, params, grads, index, group) -> None:
+        for p, g in zip(params, grads):
+            if g.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                position = next(i for i, q in enumerate(group["params"]) if q is p)
+                raise ValueError(f"param_groups[{index}]['params'][{position}].grad: expected shape "
+                                 f"{tuple(p.shape)}, {p.dtype} on {p.device} like the param, got {tuple(g.shape)}, "
+                                 f"{g.dtype} on {g.device}")
 
     def _new_state(self, p, hyper) -> dict:
         state = {}
@@ -369,23 +404,21 @@ class Optimizer(torch.optim.Optimizer):
         # the cuda backend keeps float16/bfloat16 params' state in float32 (torch keeps it in the param's dtype)
         return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
-    def _build(self, index: int, hyper: dict, params: list) -> list:
+    def _build(self, index: int, hyper: dict, params: list) -> _Plan:
+        """Create missing state, check it, and prepare one FusedUpdate per device and step count."""
         fmt = self._format()
         active = self.spec.active_slots(hyper)
-        labels = [f"param_groups[{index}]['params'][{i}]" for i, _ in enumerate(params)]
-        steps, views, seen_steps = [], [], set()
+        position = {id(p): i for i, p in enumerate(self.param_groups[index]["params"])}
+        labels = [f"param_groups[{index}]['params'][{position[id(p)]}]" for p in params]
+        steps, views = [], []
         for p, label in zip(params, labels):
             self._check_param(p, label)
             created = not self.state.get(p)
             state = self._new_state(p, hyper) if created else self.state[p]
-            step_value, step_t = 0, None
+            step_value = 0
             if fmt["has_step"]:
                 step_t = state.get("step")
                 step_value = _checked_step(0 if step_t is None else step_t, f"state of {label}: 'step'")
-                if not isinstance(step_t, torch.Tensor) or id(step_t) in seen_steps or step_t.device.type != "cpu":
-                    # a number, a tensor shared with another param (each must count alone) or a device tensor
-                    step_t = state["step"] = torch.tensor(float(step_value), dtype=fmt["step_dtype"])
-                seen_steps.add(id(step_t))
             for slot in active:
                 value = state.get(slot.name)
                 if value is None:
@@ -395,16 +428,14 @@ class Optimizer(torch.optim.Optimizer):
                     created = True
                 state[slot.name] = _like(p, value, self._state_dtype(p))  # torch's load casts; the kernel can't
             # torch's SGD stores no step: its first step is the one that creates the momentum buffer.
-            steps.append((step_value, step_t) if fmt["has_step"] else (0 if created else 1, None))
+            steps.append(step_value if fmt["has_step"] else 0 if created else 1)
             views.append([_flat(p.detach())] + [_flat(state[s.name].detach()) for s in active])
         runs = []
-        groups = functional.indices_by((p.device, step) for p, (step, _) in zip(params, steps))
-        for (device, step), positions in groups.items():
+        for (device, step), positions in functional.indices_by((p.device, s) for p, s in zip(params, steps)).items():
             tensors = [views[i] for i in positions]
             arrays = [[t.numpy() if device.type == "cpu" else t for t in row] for row in tensors]
-            param_arrays = [row[0] for row in arrays]
-            backend = dispatch.choose_backend(param_arrays, self._requested_backend)
-            param_arrays = [backend.as_array(a) for a in param_arrays]
+            backend = dispatch.choose_backend([row[0] for row in arrays], self._requested_backend)
+            param_arrays = [backend.as_array(row[0]) for row in arrays]
             state_lists = {s.name: [backend.as_array(row[1 + j]) for row in arrays] for j, s in enumerate(active)}
             names = [labels[i] for i in positions]
             every = param_arrays + [a for arrs in state_lists.values() for a in arrs]
@@ -415,9 +446,15 @@ class Optimizer(torch.optim.Optimizer):
                     update = functional.FusedUpdate(self.spec, param_arrays, state_lists, hyper, backend)
             else:
                 update = functional.FusedUpdate(self.spec, param_arrays, state_lists, hyper, backend)
-            step_tensors = [steps[i][1] for i in positions if steps[i][1] is not None]
-            runs.append(_Run(update, positions, backend, step, step_tensors, keep=(tensors, arrays)))
-        return runs
+            counter = None
+            if fmt["has_step"]:
+                # One counter per run: each param's `step` becomes a view of it, so a step adds 1 to all at once
+                # (torch's own state dicts and checkpoints take such views as they are).
+                counter = torch.full((len(positions),), float(step), dtype=fmt["step_dtype"])
+                for k, i in enumerate(positions):
+                    self.state[params[i]]["step"] = counter[k]
+            runs.append(_Run(update, positions, backend, step, counter, keep=(tensors, arrays)))
+        return _Plan(params, self.state, self.spec.flags(hyper), runs, [p.is_contiguous() for p in params])
 
 
 # ---- CUDA: launch on torch's current stream (not yet run on a GPU) ---------------------------------------------------

@@ -393,3 +393,67 @@ def test_sparse_grads_are_refused_like_torch():
 def test_import_fastopt_does_not_import_torch():
     code = "import sys, fastopt; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_torch_scheduler_and_step_hooks():
+    """torch's schedulers and hooks drive fastopt.torch exactly as they drive torch.optim (same lr, momentum)."""
+    S = torch.optim.lr_scheduler
+    makers = [lambda o: S.LambdaLR(o, lambda e: 0.9 ** e), lambda o: S.MultiplicativeLR(o, lambda e: 0.95),
+              lambda o: S.StepLR(o, 3), lambda o: S.MultiStepLR(o, [2, 5]), lambda o: S.ConstantLR(o),
+              lambda o: S.LinearLR(o), lambda o: S.ExponentialLR(o, 0.9), lambda o: S.PolynomialLR(o, 8),
+              lambda o: S.CosineAnnealingLR(o, 4), lambda o: S.CosineAnnealingWarmRestarts(o, 3),
+              lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=3), lambda o: S.OneCycleLR(o, 0.1, total_steps=12),
+              lambda o: S.ChainedScheduler([S.ExponentialLR(o, 0.9), S.StepLR(o, 2)]),
+              lambda o: S.SequentialLR(o, [S.LinearLR(o), S.ExponentialLR(o, 0.9)], [4]),
+              lambda o: S.ReduceLROnPlateau(o, patience=1)]
+    for make in makers:
+        runs = []
+        for cls in (torch.optim.SGD, ft.SGD):
+            p = torch.ones(3, requires_grad=True)
+            opt = cls([p], lr=0.1, momentum=0.9)
+            calls = []
+            opt.register_step_pre_hook(lambda o, a, k, calls=calls: calls.append("pre"))
+            opt.register_step_post_hook(lambda o, a, k, calls=calls: calls.append("post"))
+            sched = make(opt)
+            trace = []
+            for i in range(10):
+                p.grad = torch.full((3,), 0.1 * (i % 3))
+                opt.step()
+                sched.step(1.0) if isinstance(sched, S.ReduceLROnPlateau) else sched.step()
+                trace.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"], p.detach().clone()))
+            assert calls == ["pre", "post"] * 10
+            runs.append(trace)
+        for (lr1, m1, p1), (lr2, m2, p2) in zip(*runs):
+            assert lr1 == lr2 and m1 == m2
+            torch.testing.assert_close(p2, p1, rtol=0, atol=1e-6)
+
+
+def test_params_skipped_on_some_steps_and_checkpoints_through_torch_save():
+    """Params whose grads come and go get their own step counts, as in torch; torch.save/torch.load carries them."""
+    import io
+
+    ref = [torch.full((4,), float(i + 1), requires_grad=True) for i in range(3)]
+    ours = [t.detach().clone().requires_grad_() for t in ref]
+    o1, o2 = torch.optim.Adam(ref, lr=0.1), ft.Adam(ours, lr=0.1)
+    pattern = [(0, 1, 2), (0,), (0, 2), (), (1, 2), (0, 1, 2)]
+    for i, present in enumerate(pattern):
+        for params, opt in ((ref, o1), (ours, o2)):
+            opt.zero_grad()
+            for k in present:
+                params[k].grad = torch.full((4,), 0.5 + i + k)
+            opt.step()
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-6)
+        assert o2.state[b]["step"].item() == o1.state[a]["step"].item()
+    buffer = io.BytesIO()
+    torch.save(o2.state_dict(), buffer)
+    buffer.seek(0)
+    o3 = torch.optim.Adam(ours, lr=0.1)
+    o3.load_state_dict(torch.load(buffer))
+    for params, opt in ((ref, o1), (ours, o3)):
+        for k, p in enumerate(params):
+            p.grad = torch.full((4,), 1.0 + k)
+        opt.step()
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-6)
+        assert o3.state[b]["step"].item() == o1.state[a]["step"].item()
