@@ -3,7 +3,10 @@
 tests/golden/make_golden.py ran torch.optim (single-tensor path) for a dozen steps per optimizer, configuration and
 dtype and stored every parameter after every step and the final state; here each trajectory is replayed through
 `fastopt.reference`, with the slots initialised from `spec.slots` and the scalars from `spec.scalars(hyper, step)`,
-exactly as every backend drives its kernels.
+exactly as every backend drives its kernels. The `*-extreme_*` files do the same at the magnitudes where float32 and
+float64 overflow and underflow (gradients near 1e-36 ... 1e200, eps down to the smallest subnormal): there inf and
+NaN must sit exactly where torch has them, and the cpu backend and the host build of the CUDA kernels must equal the
+reference bit for bit. Tolerances: tests/tolerances.py.
 """
 
 from __future__ import annotations
