@@ -337,6 +337,9 @@ class Optimizer(torch.optim.Optimizer):
                             raise ValueError(f"{at}: {name!r} is missing but step is {step}; the state is "
                                              "incomplete (starting it from zeros would change the trajectory)")
                         continue
+                    if isinstance(value, np.ndarray):
+                        raise TypeError(f"{at}[{name!r}]: a NumPy array: a fastopt.{self.spec.class_name} state "
+                                        "dict? convert it with fastopt.torch.to_torch_state_dict(state_dict, self)")
                     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                         raise TypeError(f"{at}[{name!r}]: expected a floating-point tensor, got "
                                         f"{getattr(value, 'dtype', type(value).__name__)}")

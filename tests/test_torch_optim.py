@@ -457,3 +457,16 @@ def test_params_skipped_on_some_steps_and_checkpoints_through_torch_save():
     for a, b in zip(ref, ours):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-6)
         assert o3.state[b]["step"].item() == o1.state[a]["step"].item()
+
+
+def test_numpy_state_dict_loaded_directly_is_refused_with_a_pointer_to_the_conversion():
+    arrays = [np.ones(3, dtype=np.float32)]
+    numpy_opt = fastopt.Adam(arrays, lr=0.1)
+    numpy_opt.step([np.ones(3, dtype=np.float32)])
+    p = torch.ones(3, requires_grad=True)
+    opt = ft.Adam([p], lr=0.1)
+    with pytest.raises(TypeError, match="to_torch_state_dict"):
+        opt.load_state_dict(numpy_opt.state_dict())
+    assert not opt.state
+    opt.load_state_dict(ft.to_torch_state_dict(numpy_opt.state_dict(), opt))
+    assert opt.state[p]["step"].item() == 1 and opt.state[p]["exp_avg"].dtype == torch.float32
