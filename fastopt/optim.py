@@ -184,7 +184,7 @@ class Optimizer:
     def _repeat_step(self, grads) -> bool:
         """The training loop's usual step, checked in a few identity tests: one group, the same params, grads and
         hyperparameter objects as the last step, one prepared update. False (nothing done) when anything differs."""
-        if len(self._groups) != 1 or len(self.param_groups) != 1 or type(grads) is not list:
+        if len(self._groups) != 1 or len(self.param_groups) != 1 or type(grads) not in (list, tuple):
             return False
         record, group = self._groups[0], self.param_groups[0]
         updates, params, key = record.updates, group.get("params"), record.hyper_key
