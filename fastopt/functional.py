@@ -118,15 +118,22 @@ def check_grads(grads, params, names, grad_names) -> None:
     except AttributeError:  # not NumPy/CuPy-like (torch tensors have no .flags, None has nothing): look closer
         pass
     for i, (p, g) in enumerate(zip(params, grads)):
-        if (type(g) is not type(p) and not _both_numpy(p, g)) or not hasattr(g, "shape") or g.shape != p.shape \
+        if (type(g) is not type(p) and not _same_kind(p, g)) or not hasattr(g, "shape") or g.shape != p.shape \
                 or g.dtype != p.dtype or not _is_contiguous(g):
             _explain_bad_grad(p, g, _name(names, i), _name(grad_names, i))
 
 
-def _both_numpy(p, g) -> bool:
+def _same_kind(p, g) -> bool:
+    """Arrays of one kind though of different classes: any two NumPy arrays (memmap, np.matrix, ...), or two torch
+    tensors (an nn.Parameter's grad is a plain Tensor)."""
+    import sys
+
     import numpy as np
 
-    return isinstance(p, np.ndarray) and isinstance(g, np.ndarray)
+    if isinstance(p, np.ndarray) and isinstance(g, np.ndarray):
+        return True
+    torch = sys.modules.get("torch")  # only torch tensors can reach here if torch was imported
+    return torch is not None and isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
 
 
 def _name(names, i):
@@ -136,7 +143,7 @@ def _name(names, i):
 def _explain_bad_grad(p, g, pname, gname):
     if g is None:
         raise TypeError(f"{gname}: gradient is None; every param needs a gradient")
-    if not hasattr(g, "shape") or not hasattr(g, "dtype") or (type(g) is not type(p) and not _both_numpy(p, g)):
+    if not hasattr(g, "shape") or not hasattr(g, "dtype") or (type(g) is not type(p) and not _same_kind(p, g)):
         raise TypeError(f"{gname}: expected a {type(p).__name__} like {pname}, got {type(g).__name__}"
                         f"{dispatch.hint(g)}")
     if g.shape != p.shape:

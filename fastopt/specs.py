@@ -280,8 +280,9 @@ def _adam_scalars(h, step):
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     # 1 - beta and the bias corrections come from the host in float64: computing them in fp32 in a kernel drifts.
+    # ** 0.5 as torch computes it (pow, not math.sqrt: they differ by 1 ulp at times in float64).
     return (h["lr"], _grad_sign(h), h["weight_decay"], beta1, 1.0 - beta1, beta2, 1.0 - beta2, h["eps"],
-            h["lr"] / bias_correction1, math.sqrt(bias_correction2), 1.0 - h["lr"] * h["weight_decay"])
+            h["lr"] / bias_correction1, bias_correction2 ** 0.5, 1.0 - h["lr"] * h["weight_decay"])
 
 
 def _amsgrad(h) -> bool:

@@ -155,3 +155,13 @@ def test_the_plan_cache_is_keyed_on_identities_it_holds_and_is_bounded(monkeypat
     assert state["exp_avg_sq"][0][0] != 0
     functional.clear_cache()
     assert not functional._CACHE
+
+
+def test_a_plain_tensor_is_a_valid_grad_for_an_nn_parameter():
+    torch = pytest.importorskip("torch")
+    from fastopt import functional
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    functional.check_grads([torch.zeros(3)], [param], ["params[0]"], ["grads[0]"])  # torch gives Parameters Tensors
+    with pytest.raises(TypeError, match=r"grads\[0\]"):
+        functional.check_grads([np.zeros(3, np.float32)], [param], ["params[0]"], ["grads[0]"])
