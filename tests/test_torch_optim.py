@@ -36,6 +36,8 @@ for _name, _cls in ft.OPTIMIZERS.items():
     CASES.append(pytest.param(_name, _base, id=f"{_name}-defaults"))
     if _name in BUSY:
         CASES.append(pytest.param(_name, {**_base, **BUSY[_name]}, id=f"{_name}-busy"))
+# With dampening, torch's first SGD step (the buffer is the grad itself) differs from a later one (1 - dampening).
+CASES.append(pytest.param("sgd", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01), id="sgd-dampening"))
 
 
 def _digits(dtype):
