@@ -527,8 +527,14 @@ def to_torch_state_dict(state_dict: dict, optimizer) -> dict:
         if unknown:
             raise ValueError(f"state_dict['state'][{key!r}]: {sorted(unknown)} are not state of {class_name}")
         step = _checked_step(entry.get("step", 0), f"state_dict['state'][{key!r}]['step']")
-        converted = {name: torch.tensor(np.asarray(value)) for name, value in entry.items()
-                     if name in slots and value is not None}
+        converted = {}
+        for name, value in entry.items():
+            if name in slots and value is not None:
+                array = np.asarray(value)
+                if array.dtype.kind != "f":
+                    raise TypeError(f"state_dict['state'][{key!r}][{name!r}]: expected a floating-point array, "
+                                    f"got {array.dtype}")
+                converted[name] = torch.tensor(array)
         if fmt["has_step"]:
             converted = {"step": torch.tensor(float(step), dtype=fmt["step_dtype"]), **converted}
         if converted:  # torch keeps no entry where it has nothing to keep (SGD without momentum)
@@ -549,9 +555,9 @@ def from_torch_state_dict(state_dict: dict, optimizer) -> dict:
     """A `torch.optim.X` (or `fastopt.torch.X`) state dict as the state dict `optimizer.load_state_dict` takes,
     where `optimizer` is a `fastopt.X` (NumPy classes) over the same params in the same order.
 
-    Tensors become NumPy copies (bfloat16 and float16 as float32... of the param's dtype on load), `step` an int;
-    torch's SGD saves no step, so a saved momentum buffer counts as one step taken (torch's SGD starts a fresh
-    buffer only when it has none). torch's implementation keys are dropped, after checking that none of them
+    Tensors become NumPy copies (float16 and bfloat16 as float32; load_state_dict casts to the params' dtype),
+    `step` an int; torch's SGD saves no step, so a saved momentum buffer counts as one step taken (torch's SGD starts
+    a fresh buffer only when it has none). torch's implementation keys are dropped, after checking that none of them
     changes the arithmetic (e.g. `decoupled_weight_decay` must match Adam/AdamW).
     """
     spec = getattr(optimizer, "spec", None)
@@ -584,8 +590,10 @@ def from_torch_state_dict(state_dict: dict, optimizer) -> dict:
         for name, value in entry.items():
             if name == "step" or value is None:
                 continue
-            tensor = value.detach().cpu()
-            if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            if not tensor.is_floating_point():
+                raise TypeError(f"{at}[{name!r}]: expected a floating-point tensor, got {tensor.dtype}")
+            if tensor.dtype in (torch.float16, torch.bfloat16):  # NumPy has no bfloat16; load casts to the params'
                 tensor = tensor.float()
             converted[name] = tensor.numpy().copy()
         if "step" in entry:

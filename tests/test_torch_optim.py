@@ -472,3 +472,23 @@ def test_numpy_state_dict_loaded_directly_is_refused_with_a_pointer_to_the_conve
     assert not opt.state
     opt.load_state_dict(ft.to_torch_state_dict(numpy_opt.state_dict(), opt))
     assert opt.state[p]["step"].item() == 1 and opt.state[p]["exp_avg"].dtype == torch.float32
+
+
+def test_conversions_refuse_what_does_not_fit():
+    p = torch.ones(3, requires_grad=True)
+    adamw = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    adamw.step()
+    arrays = [np.ones(3)]
+    with pytest.raises(ValueError, match="decoupled_weight_decay"):  # AdamW's state is not Adam's
+        ft.from_torch_state_dict(adamw.state_dict(), fastopt.Adam(arrays))
+    with pytest.raises(ValueError, match="exp_avg"):
+        ft.from_torch_state_dict(adamw.state_dict(), fastopt.SGD(arrays, momentum=0.9))
+    numpy_opt = fastopt.AdamW(arrays)
+    numpy_opt.step([np.ones(3)])
+    saved = numpy_opt.state_dict()
+    saved["state"][0]["step"] = float("inf")
+    with pytest.raises(ValueError, match=r"\['step'\]"):
+        ft.to_torch_state_dict(saved, adamw)
+    with pytest.raises(TypeError, match="optimizer"):
+        ft.from_torch_state_dict(adamw.state_dict(), adamw)
