@@ -15,6 +15,7 @@ This module imports torch; `import fastopt` does not import this module.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -185,8 +186,17 @@ class Optimizer(torch.optim.Optimizer):
 
     spec: OptimizerSpec
     default_overrides: dict = {}  # noqa: RUF012 - read only, replaced per class
+    _positional: tuple = ()       # the arguments after params that may be given by position, in torch's order
 
-    def __init__(self, params, *, backend: str | None = None, **hyperparameters):
+    def __init__(self, params, *args, backend: str | None = None, **hyperparameters):
+        names = self._positional
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}: takes at most {len(names)} positional arguments after params "
+                            f"({', '.join(names)}), got {len(args)}")
+        for name, value in zip(names, args):
+            if name in hyperparameters:
+                raise TypeError(f"{type(self).__name__}: got two values for argument {name!r}")
+            hyperparameters[name] = value
         fmt = self._format()
         extras = dict(fmt["extras"])
         known = {h.name for h in self.spec.hypers}
@@ -477,15 +487,36 @@ def _run_on_torch_stream(run, grads, hyper, step):
 
 # ---- the classes, one per spec and shorthand -----------------------------------------------------------------------
 
-def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict) -> type:
+def _signature(spec: OptimizerSpec, overrides: dict) -> inspect.Signature:
+    """torch's signature for the optimizer (positional arguments in torch's order, its extra keywords), with
+    fastopt's defaults and `backend`; for optimizers torch lacks, the spec's hyperparameters in order."""
     defaults = {**spec.defaults, **overrides}
+    P = inspect.Parameter
+    twin = getattr(torch.optim, spec.class_name, None)
+    if twin is not None:
+        theirs = [q for q in inspect.signature(twin.__init__).parameters.values() if q.name not in ("self", "params")]
+        listed = {q.name for q in theirs}
+        ours = [q.replace(default=defaults.get(q.name, q.default), annotation=P.empty) for q in theirs]
+        ours += [P(h.name, P.KEYWORD_ONLY, default=defaults[h.name]) for h in spec.hypers if h.name not in listed]
+    else:
+        ours = [P(h.name, P.POSITIONAL_OR_KEYWORD, default=defaults[h.name]) for h in spec.hypers]
+    keyword = [q for q in ours if q.kind == P.KEYWORD_ONLY] + [P("backend", P.KEYWORD_ONLY, default=None)]
+    return inspect.Signature([P("params", P.POSITIONAL_OR_KEYWORD)]
+                             + [q for q in ours if q.kind == P.POSITIONAL_OR_KEYWORD] + keyword)
+
+
+def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict) -> type:
+    signature = _signature(spec, overrides)
     in_torch = hasattr(torch.optim, spec.class_name)
     doc = (f"{class_name}: fused {spec.name} as a torch.optim.Optimizer"
            + (f" (torch.optim.{spec.class_name}'s semantics and state dict)" if in_torch else "") + ".\n\n"
-           f"{class_name}(params, *, backend=None, " + ", ".join(f"{k}={v!r}" for k, v in defaults.items()) + ")\n"
+           f"{class_name}{signature}\n"
            f"State per param: step, {', '.join(s.name for s in spec.slots)} (each only when used).")
+    positional = tuple(q.name for q in signature.parameters.values()
+                       if q.kind == q.POSITIONAL_OR_KEYWORD and q.name != "params")
     return type(class_name, (Optimizer,), {"spec": spec, "default_overrides": overrides, "__doc__": doc,
-                                           "__module__": __name__, "__qualname__": class_name})
+                                           "__module__": __name__, "__qualname__": class_name,
+                                           "__signature__": signature, "_positional": positional})
 
 
 OPTIMIZERS: dict[str, type] = {name: _make_class(spec.class_name, spec, {}) for name, spec in SPECS.items()}

@@ -492,3 +492,23 @@ def test_conversions_refuse_what_does_not_fit():
         ft.to_torch_state_dict(saved, adamw)
     with pytest.raises(TypeError, match="optimizer"):
         ft.from_torch_state_dict(adamw.state_dict(), adamw)
+
+
+def test_positional_arguments_and_signature_follow_torch():
+    import inspect
+
+    p = torch.zeros(2, requires_grad=True)
+    for name, cls in ft.OPTIMIZERS.items():
+        twin = getattr(torch.optim, cls.spec.class_name, None)
+        if twin is None:
+            continue
+        theirs = [q.name for q in inspect.signature(twin).parameters.values() if q.kind == q.POSITIONAL_OR_KEYWORD]
+        ours = [q.name for q in inspect.signature(cls).parameters.values() if q.kind == q.POSITIONAL_OR_KEYWORD]
+        assert ours == theirs, name
+    opt = ft.SGD([p], 0.5, 0.9)
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["momentum"] == 0.9
+    assert ft.Momentum([p], 0.1).param_groups[0]["momentum"] == 0.9
+    with pytest.raises(TypeError, match="two values for argument 'lr'"):
+        ft.SGD([p], 0.5, lr=0.1)
+    with pytest.raises(TypeError, match="positional"):
+        ft.Adam([p], 0.1, (0.9, 0.99), 1e-8, 0.0, False, "extra")
