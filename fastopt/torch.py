@@ -36,14 +36,14 @@ _IMPLEMENTATION_KEYS = ("foreach", "fused")
 def torch_format(class_name: str) -> dict:
     """How torch.optim.<class_name> lays out its state and param groups, read from torch itself (one tiny step).
 
-    {"has_step": does each param's state hold `step`, "step_dtype", "eager": is state created at construction
+    {"has_step": does each param's state hold `step`, "eager": is state created at construction
     (Adagrad), "extras": param-group keys torch has beyond fastopt's hyperparameters, with torch's defaults}.
     Optimizers torch lacks get Adam's conventions (a float32 `step` tensor) and no extras.
     """
     cls = getattr(torch.optim, class_name, None)
     spec = _spec_for(class_name)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        return {"has_step": True, "step_dtype": torch.float32, "eager": False, "extras": {}}
+        return {"has_step": True, "eager": False, "extras": {}}
     p = torch.zeros(1, requires_grad=True)
     probe = cls([p], lr=1e-3)
     eager = bool(probe.state)
@@ -53,8 +53,12 @@ def torch_format(class_name: str) -> dict:
     hypers = {h.name for h in spec.hypers} if spec else set()
     extras = {k: v for k, v in probe.param_groups[0].items() if k not in hypers and k not in ("params", "lr")}
     return {"has_step": step is not None,
-            "step_dtype": step.dtype if isinstance(step, torch.Tensor) else torch.float32,
             "eager": eager, "extras": extras}
+
+
+def _step_dtype():
+    """torch keeps `step` as a float32 scalar tensor, float64 while float64 is the default dtype (as torch does)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _spec_for(class_name: str) -> OptimizerSpec | None:
@@ -404,7 +408,7 @@ class Optimizer(torch.optim.Optimizer):
     def _new_state(self, p, hyper) -> dict:
         state = {}
         if self._format()["has_step"]:
-            state["step"] = torch.tensor(0.0, dtype=self._format()["step_dtype"])
+            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
         for slot in self.spec.active_slots(hyper):
             state[slot.name] = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p),
                                                memory_format=torch.preserve_format)
@@ -463,7 +467,7 @@ class Optimizer(torch.optim.Optimizer):
             if fmt["has_step"]:
                 # One counter per run: each param's `step` becomes a view of it, so a step adds 1 to all at once
                 # (torch's own state dicts and checkpoints take such views as they are).
-                counter = torch.full((len(positions),), float(step), dtype=fmt["step_dtype"])
+                counter = torch.full((len(positions),), float(step), dtype=_step_dtype())
                 for k, i in enumerate(positions):
                     self.state[params[i]]["step"] = counter[k]
             runs.append(_Run(update, positions, backend, step, counter, keep=(tensors, arrays)))
@@ -567,7 +571,7 @@ def to_torch_state_dict(state_dict: dict, optimizer) -> dict:
                                     f"got {array.dtype}")
                 converted[name] = torch.tensor(array)
         if fmt["has_step"]:
-            converted = {"step": torch.tensor(float(step), dtype=fmt["step_dtype"]), **converted}
+            converted = {"step": torch.tensor(float(step), dtype=_step_dtype()), **converted}
         if converted:  # torch keeps no entry where it has nothing to keep (SGD without momentum)
             new_state[key] = converted
     new_groups = []

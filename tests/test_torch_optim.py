@@ -512,3 +512,26 @@ def test_positional_arguments_and_signature_follow_torch():
         ft.SGD([p], 0.5, lr=0.1)
     with pytest.raises(TypeError, match="positional"):
         ft.Adam([p], 0.1, (0.9, 0.99), 1e-8, 0.0, False, "extra")
+
+
+def test_step_dtype_follows_the_default_dtype_like_torch():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+        ours, theirs = ft.Adam([p]), torch.optim.Adam([q])
+        p.grad, q.grad = torch.ones(2), torch.ones(2)
+        ours.step()
+        theirs.step()
+        assert ours.state[p]["step"].dtype == theirs.state[q]["step"].dtype == torch.float64
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_numpy_reference_backend_gives_the_same_trajectory():
+    x, y, ref, ours, T, F = _pair("RMSprop")
+    _train(ref, T(ref.parameters(), lr=0.01, momentum=0.9, centered=True), x, y, 10)
+    opt = F(ours.parameters(), lr=0.01, momentum=0.9, centered=True, backend="numpy")
+    _train(ours, opt, x, y, 10)
+    assert all(run.backend.name == "numpy" for run in opt._plans[0].runs)
+    _assert_params_close(ref, ours, torch.float32)
