@@ -5,8 +5,9 @@
 A NumPy MLP trained with OpenBLAS matmuls, float64, batches of 128: the classic 64-100x4-10 (37,810 parameters) and
 a 64-1000-1000-10 (1,076,010). Each update (the textbook's NumPy lines, fastopt's `cpu` backend with default
 threads, torch's fused update on NumPy-viewed tensors) trains its own copy of the model, taking turns a few steps at
-a time (fastopt.bench.training.run_loop). Per step: the update time and the gradient time, the latter to show
-whether the update's threads disturb the matmuls around it. `fastopt-bench loop` runs the same loop.
+a time with the NumPy update in a fresh process (torch in a process of its own, beside its own NumPy reference; see
+fastopt.bench.training). Per step: the update time and the gradient time, the latter to show whether the update's
+threads disturb the matmuls around it. `fastopt-bench loop` runs the same loop.
 
 Targets: fastopt's update at most 1.0x the NumPy update at 37k parameters and at least 3x faster at 1M; the gradient
 time within 5% of the NumPy loop's. Nothing here asserts a speed; the summary prints this run's ratios.
@@ -28,14 +29,12 @@ ROUNDS = int(os.environ.get("FASTOPT_BENCH_ROUNDS", "30"))
 def test_training_loop(benchmark, summary, model, optimizer):
     if training.available_impls() != training.IMPLS:
         summary["note"] = "torch is not installed: no torch-fused column"
-    results = benchmark.pedantic(training.run_loop, args=(model, optimizer, training.available_impls()),
-                                 kwargs={"rounds": ROUNDS}, rounds=1, iterations=1)
-    by_impl = {r.impl: r for r in results}
-    numpy = by_impl["numpy"]
-    benchmark.extra_info.update({r.impl: {"update_ms": r.update_ms, "gradient_ms": r.gradient_ms,
-                                          "final_loss": r.final_loss} for r in results})
-    benchmark.extra_info["params"] = numpy.params
+    results = benchmark.pedantic(training.run_groups, args=(model, optimizer, training.available_impls(), ROUNDS),
+                                 rounds=1, iterations=1)
+    numpys = {r.process: r for r in results if r.impl == "numpy"}
+    benchmark.extra_info["results"] = training.as_dicts(results)
     for r in results:
+        numpy = numpys[r.process]
         if r.impl == "numpy":
             continue
         summary[f"{model} {optimizer} {r.impl}"] = (

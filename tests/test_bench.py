@@ -280,4 +280,7 @@ def test_loop_command_runs_every_implementation(tmp_path):
     for r in data["results"]:
         assert r["params"] == 37_810 and r["update_ms"] > 0 and r["gradient_ms"] > 0
         assert math.isfinite(r["final_loss"])
+    # torch's spinning OpenMP threads must not share a process with the fastopt and NumPy loop
+    processes = {r["impl"]: r["process"] for r in data["results"] if r["impl"] != "numpy"}
+    assert processes["fastopt"] != processes.get("torch-fused")
     assert main(["loop", "--models", "mlp3"]) == 2

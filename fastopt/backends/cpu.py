@@ -6,18 +6,17 @@ Numba's threads (see fastopt.threads for how they wait afterwards). The choice i
 
 from __future__ import annotations
 
-import importlib
 import operator
 
 import numpy as np
 
+from fastopt import codegen
 from fastopt.backends.numpy import NumpyArrays
-from fastopt.specs import SPECS
 
 # Bytes a step moves (every read and write of params, grads and state) below which it runs serially: waking a
 # second thread costs more than it saves. Measured on 2 cores (Adam and SGD, float32 and float64, inside a training
 # loop and alone, benchmarks/cpu_threads.py): see docs/benchmarks.md for the figures.
-PARALLEL_MIN_BYTES = 8 << 20
+PARALLEL_MIN_BYTES = 16 << 20
 
 _import_error: str | None = None
 try:  # Numba can fail at import (llvmlite mismatch, ...): fall back, say why.
@@ -27,9 +26,6 @@ try:  # Numba can fail at import (llvmlite mismatch, ...): fall back, say why.
         raise ImportError("NUMBA_DISABLE_JIT is set, so Numba compiles nothing")
     from fastopt import threads
     from fastopt.kernels.cpu._common import chunk_table
-
-    for _family in {spec.kernel for spec in SPECS.values()}:
-        importlib.import_module(f"fastopt.kernels.cpu.{_family}")  # compiles nothing yet
     threads.start()
 except Exception as error:  # noqa: BLE001 - any import failure means "not available", with its message
     _import_error = f"numba kernels could not be loaded: {type(error).__name__}: {error}"
@@ -46,7 +42,8 @@ class _NumbaPlan:
     """
 
     def __init__(self, spec, params, slots, flags):
-        driver = importlib.import_module(f"fastopt.kernels.cpu.{spec.kernel}").update
+        # Generated around the family's `element`, for this set of active slots.
+        driver = codegen.numba_driver(spec.kernel, tuple(slots[s.name] is not None for s in spec.slots))
         arrays = 3 + 2 * sum(slots[s.name] is not None for s in spec.slots)  # p, g read, p written; slots both
         self.bytes_per_step = arrays * sum(p.nbytes for p in params)
         # With one thread (NUMBA_NUM_THREADS=1, or set_num_threads(1) in this thread) a parallel region only costs.

@@ -72,7 +72,8 @@ def loop_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastopt-bench loop",
         description="The optimizer update inside a NumPy MLP training loop (BLAS matmuls, float64, batches of 128): "
-                    "per step, the update time and the gradient time of each implementation, taking turns.")
+                    "per step, the update time and the gradient time of each implementation, taking turns with the "
+                    "textbook NumPy update in a fresh process (torch in a process of its own).")
     p.add_argument("--quick", action="store_true", help="fewer rounds (about 15 s)")
     p.add_argument("--models", type=_csv, default=list(MODELS), help=f"from {','.join(MODELS)} (default: both)")
     p.add_argument("--optimizers", type=_csv, default=list(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}")
@@ -106,13 +107,13 @@ def loop_main(argv: list[str]) -> int:
     results = []
     for model in args.models:
         for optimizer in args.optimizers:
-            results += training.run_loop(model, optimizer, tuple(impls), rounds=rounds)
+            results += training.run_groups(model, optimizer, impls, rounds)
     table = training.format_table(results)
     print(table)
     if args.json:
         from .engine import machine_info
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_info(), "rounds": rounds, "results": [r.__dict__ for r in results]}, f,
+            json.dump({"machine": machine_info(), "rounds": rounds, "results": training.as_dicts(results)}, f,
                       indent=1)
         print(f"wrote {args.json}")
     if args.markdown:

@@ -5,6 +5,10 @@ implementation of the update trains its own copy of the same model on the same b
 each, round after round, so a busy machine disturbs them alike. Per step we record the update time and the gradient
 time: a parallel update that leaves threads spinning shows up as a slower gradient computation after it.
 
+torch runs in a process of its own, next to its own NumPy reference: its OpenMP threads spin after each fused
+step (libgomp's default) and would slow the gradient of whatever runs after it in the same process. fastopt and the
+NumPy update share a process (`run_groups`), and every ratio is taken against the NumPy update of the same process.
+
 Implementations of the update:
   numpy        what a textbook writes (`v = momentum * v - lr * g; p += v`, Adam in four NumPy lines)
   fastopt      fastopt.Momentum / fastopt.Adam on the `cpu` backend, default threads
@@ -14,9 +18,12 @@ Implementations of the update:
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -141,6 +148,7 @@ class LoopResult:
     update_ms: float     # median per step
     gradient_ms: float   # median per step
     final_loss: float
+    process: int = 0     # results of one process share a NumPy reference
 
 
 def batches(n_inputs, n_classes, batch, count, seed=1):
@@ -184,6 +192,27 @@ def run_loop(model_name="mlp37k", optimizer="adam", impls=IMPLS, rounds=20, step
                        1e3 * float(np.median(times[impl][0])), losses[impl]) for impl in impls]
 
 
+def run_in_subprocess(model_name, optimizer, impls, rounds, process=0) -> list[LoopResult]:
+    """run_loop in a fresh Python process (its own threads, nothing loaded but what these impls need)."""
+    code = ("import json, sys; from dataclasses import asdict; from fastopt.bench import training; "
+            "print(json.dumps([asdict(r) for r in training.run_loop(*json.loads(sys.argv[1]))]))")
+    args = json.dumps([model_name, optimizer, list(impls), rounds])
+    out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
+    return [LoopResult(**dict(r, process=process)) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def run_groups(model_name, optimizer, impls, rounds) -> list[LoopResult]:
+    """numpy and fastopt in one fresh process, taking turns; torch-fused (if asked) with its own numpy in another."""
+    out = []
+    first = [i for i in impls if i != "torch-fused"]
+    if "numpy" not in first:
+        first.insert(0, "numpy")
+    out += run_in_subprocess(model_name, optimizer, first, rounds, process=0)
+    if "torch-fused" in impls:
+        out += run_in_subprocess(model_name, optimizer, ["numpy", "torch-fused"], rounds, process=1)
+    return out
+
+
 def available_impls() -> tuple[str, ...]:
     try:
         import torch  # noqa: F401
@@ -192,25 +221,19 @@ def available_impls() -> tuple[str, ...]:
     return IMPLS
 
 
-def run_all(models=tuple(MODELS), optimizers=OPTIMIZERS, quick=False) -> list[LoopResult]:
-    impls = available_impls()
-    rounds = 8 if quick else 30
-    out = []
-    for model in models:
-        for optimizer in optimizers:
-            out += run_loop(model, optimizer, impls, rounds=rounds)
-    return out
+def as_dicts(results: list[LoopResult]) -> list[dict]:
+    return [asdict(r) for r in results]
 
 
 def format_table(results: list[LoopResult]) -> str:
     """Markdown: per model and optimizer, each implementation's update and gradient ms, and ratios to numpy."""
-    lines = ["| model | params | optimizer | update | update ms | gradient ms | update vs numpy | gradient vs numpy |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-    base = {(r.model, r.optimizer): r for r in results if r.impl == "numpy"}
+    lines = ["| model | params | optimizer | process | update | update ms | gradient ms | update vs numpy | "
+             "gradient vs numpy |", "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    base = {(r.model, r.optimizer, r.process): r for r in results if r.impl == "numpy"}
     for r in results:
-        b = base.get((r.model, r.optimizer))
+        b = base.get((r.model, r.optimizer, r.process))
         ratio_u = f"{r.update_ms / b.update_ms:.2f}x" if b else "n/a"
         ratio_g = f"{r.gradient_ms / b.gradient_ms:.2f}x" if b else "n/a"
-        lines.append(f"| {r.model} | {r.params:,} | {r.optimizer} | {r.impl} | {r.update_ms:.3f} | "
+        lines.append(f"| {r.model} | {r.params:,} | {r.optimizer} | {r.process} | {r.impl} | {r.update_ms:.3f} | "
                      f"{r.gradient_ms:.3f} | {ratio_u} | {ratio_g} |")
     return "\n".join(lines)
