@@ -37,13 +37,14 @@ def torch_format(class_name: str) -> dict:
     """How torch.optim.<class_name> lays out its state and param groups, read from torch itself (one tiny step).
 
     {"has_step": does each param's state hold `step`, "eager": is state created at construction
-    (Adagrad), "extras": param-group keys torch has beyond fastopt's hyperparameters, with torch's defaults}.
+    (Adagrad), "extras": param-group keys torch has beyond fastopt's hyperparameters, with torch's defaults,
+    "state_keys": what torch keeps per param with default hyperparameters}.
     Optimizers torch lacks get Adam's conventions (a float32 `step` tensor) and no extras.
     """
     cls = getattr(torch.optim, class_name, None)
     spec = _spec_for(class_name)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        return {"has_step": True, "eager": False, "extras": {}}
+        return {"has_step": True, "eager": False, "extras": {}, "state_keys": ()}
     p = torch.zeros(1, requires_grad=True)
     probe = cls([p], lr=1e-3)
     eager = bool(probe.state)
@@ -52,8 +53,8 @@ def torch_format(class_name: str) -> dict:
     step = probe.state[p].get("step") if p in probe.state else None
     hypers = {h.name for h in spec.hypers} if spec else set()
     extras = {k: v for k, v in probe.param_groups[0].items() if k not in hypers and k not in ("params", "lr")}
-    return {"has_step": step is not None,
-            "eager": eager, "extras": extras}
+    return {"has_step": step is not None, "eager": eager, "extras": extras,
+            "state_keys": tuple(probe.state[p]) if p in probe.state else ()}
 
 
 def _step_dtype():
