@@ -27,7 +27,7 @@ def _kernels_from_checkout() -> None:
 
 _kernels_from_checkout()
 
-from fastopt import functional  # noqa: E402 - after the kernels are findable
+from fastopt import functional, lr_scheduler, threads  # noqa: E402 - after the kernels are findable
 from fastopt.dispatch import available_backends  # noqa: E402
 from fastopt.flat import flatten  # noqa: E402
 from fastopt.optim import (  # noqa: E402
@@ -43,8 +43,10 @@ from fastopt.optim import (  # noqa: E402
     RMSprop,
 )
 from fastopt.specs import SPECS  # noqa: E402
+from fastopt.threads import get_num_threads, set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["OPTIMIZERS", "SGD", "SPECS", "Adadelta", "Adagrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer",
-           "RMSprop", "__version__", "available_backends", "flatten", "functional"]
+           "RMSprop", "__version__", "available_backends", "flatten", "functional", "get_num_threads", "lr_scheduler",
+           "set_num_threads", "threads"]
