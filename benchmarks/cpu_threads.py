@@ -74,7 +74,7 @@ def grain(sizes=SIZES, cases=(("adam", "float32"), ("adam", "float64"), ("sgd", 
             opt = fastopt.OPTIMIZERS[name](params, backend="cpu", **hyper)
             opt.step(grads)
             (plan,) = _plans(opt)
-            driver = sys.modules[f"fastopt.kernels.cpu.{fastopt.SPECS[name].kernel}"].update
+            driver = plan.driver   # the plan's Driver: its serial and parallel variants
             times = {}
             for variant in ("serial", "parallel"):
                 plan.kernel = getattr(driver, variant)

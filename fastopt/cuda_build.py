@@ -1,7 +1,8 @@
 """The CUDA kernels as sources and instantiations, checked and built without a GPU (and without CuPy).
 
-- `source(family)`: the text CuPy compiles for a kernel family: `kernels/cuda/<family>.cu` with `common.cuh` spliced
-  in place of its `#include` line and a content hash on top, so CuPy's cache key (which ignores included files) sees
+- `source(family)`: the text CuPy compiles for a kernel family: `kernels/cuda/<family>.cu` with `common.cuh` and
+  the generated `FO_OP_MEMBERS` spliced in place of its `#include` line, the generated entry points after it
+  (fastopt.codegen), and a content hash on top, so CuPy's cache key (which ignores included files) sees
   every byte that goes into the kernel.
 - `instantiations()`: every kernel the library can launch: family x parameter dtype x flag values x {flat, table},
   each with its CuPy name expression (`fo_adam_flat<fo_half, float, true, false>`).
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import os
 import re
 import shutil
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastopt.specs import SPECS
+from fastopt import codegen
+from fastopt.codegen import Family
 
 # ---- what there is to compile ---------------------------------------------------------------------------------------
 
@@ -60,30 +61,7 @@ PARAM_TYPES = {
 _HOST_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 
 
-@dataclass(frozen=True)
-class Family:
-    """A kernel family as the CUDA sources see it: the common shape of every spec whose `kernel` names it."""
-    name: str
-    slot_names: tuple[str, ...]
-    scalar_names: tuple[str, ...]
-    flag_names: tuple[str, ...]
-
-    def flag_combinations(self) -> list[tuple[bool, ...]]:
-        """Every value of the flags (a superset of what the specs reach, e.g. sgd nesterov without momentum)."""
-        return list(itertools.product((False, True), repeat=len(self.flag_names)))
-
-
-def _families() -> dict[str, Family]:
-    out: dict[str, Family] = {}
-    for spec in SPECS.values():
-        fam = Family(spec.kernel, tuple(s.name for s in spec.slots), spec.scalar_names, spec.flag_names)
-        if fam.name in out and out[fam.name] != fam:
-            raise RuntimeError(f"specs sharing kernel family {fam.name!r} disagree on slots, scalars or flags")
-        out.setdefault(fam.name, fam)
-    return out
-
-
-FAMILIES: dict[str, Family] = _families()
+FAMILIES: dict[str, Family] = codegen.families()
 
 
 def kernel_dir() -> Path:
@@ -109,7 +87,9 @@ def source(family: str) -> str:
         text = (d / f"{family}.cu").read_text()
         if not _INCLUDE.search(text):
             raise RuntimeError(f"{family}.cu must #include \"common.cuh\" (spliced in by fastopt.cuda_build)")
-        body = _INCLUDE.sub(lambda m: common, text, count=1)
+        fam = FAMILIES[family]
+        body = _INCLUDE.sub(lambda m: common + "\n" + codegen.cuda_prelude(fam), text, count=1)
+        body += codegen.cuda_entries(fam)
         digest = hashlib.sha256(body.encode()).hexdigest()[:16]
         _source_cache[family] = f"// fastopt kernel family {family}, source sha256 {digest}\n{body}"
     return _source_cache[family]

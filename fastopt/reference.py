@@ -98,3 +98,28 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, grad_sign, weight
         second_moment = exp_avg_sq
     denom = np.sqrt(second_moment) / bias_correction2_sqrt + eps
     param -= (step_size * exp_avg) / denom   # addcdiv: step_size * exp_avg first, then / denom
+
+
+# ---- the one reference driver: the numpy backend, the bench's chain baseline and the tests all step through it ------
+
+def function(family: str):
+    """The reference function of a kernel family: defined above, or `reference` in fastopt/optimizers/<family>.py."""
+    fn = globals().get(family)
+    if callable(fn) and not family.startswith("_"):
+        return fn
+    import importlib
+
+    try:
+        module = importlib.import_module(f"fastopt.optimizers.{family}")
+    except ImportError as error:
+        raise KeyError(f"no reference function for kernel family {family!r}") from error
+    return module.reference
+
+
+def run(spec, params, grads, slots, scalars, flags) -> None:
+    """One step of `spec` over a list of tensors, in place: `slots` holds, per slot of `spec.slots`, a list of arrays
+    (one per param) or None for an inactive slot (the function then gets None)."""
+    fn = function(spec.kernel)
+    per_slot = [[None] * len(params) if s is None else s for s in slots]
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        fn(param, grad, *(slot[i] for slot in per_slot), *scalars, *flags)

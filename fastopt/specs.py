@@ -3,8 +3,9 @@
 A declaration names the optimizer's hyperparameters (defaults and checks), its state slots (initial value and when
 they exist), the boolean flags its kernels are specialised on, and the run-time scalars the kernels receive for a
 given step. Every layer (the classes, the functional API, the backends, the tests, the benchmarks) reads these
-declarations and nothing else, so adding an optimizer means adding one `OptimizerSpec` here, its reference function,
-its two kernels and its golden data.
+declarations and nothing else, so adding an optimizer means registering one `OptimizerSpec` (`register`, in its own
+module under fastopt/optimizers/), its reference function, its two element functions, its record and its golden data
+(docs/adding-an-optimizer.md); fastopt.codegen generates the kernels' argument lists, drivers and entry points.
 
 Kernel calling convention, shared by the reference, the Numba kernels and the CUDA kernels:
 
@@ -150,6 +151,24 @@ class OptimizerSpec:
 
     def active_slots(self, hyper: dict) -> tuple[Slot, ...]:
         return tuple(s for s in self.slots if s.active(hyper))
+
+
+# Every optimizer by its functional name. Filled by `register`: the six above here, each later optimizer by the
+# `register(...)` call in its own module under fastopt/optimizers/ (imported at the end of this file), so adding one
+# edits no shared line.
+SPECS: dict[str, OptimizerSpec] = {}
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    """Add `spec` to SPECS (and so to every layer: classes, functional API, backends, tests); returns it."""
+    if not isinstance(spec, OptimizerSpec):
+        raise TypeError(f"register takes an OptimizerSpec, got {type(spec).__name__}")
+    if spec.name in SPECS:
+        raise ValueError(f"an optimizer named {spec.name!r} is already registered")
+    if len(spec.scalar_names) == 0:
+        raise ValueError(f"{spec.name}: declare at least one scalar (it carries the compute dtype to the kernels)")
+    SPECS[spec.name] = spec
+    return spec
 
 
 def _registered_spec(name: str) -> OptimizerSpec:
@@ -316,10 +335,25 @@ ADAM = _adam_like("adam", "Adam", 0.0, decoupled=False)
 ADAMW = _adam_like("adamw", "AdamW", 1e-2, decoupled=True)
 
 
-SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW)}
+for _spec in (SGD, ADAGRAD, RMSPROP, ADADELTA, ADAM, ADAMW):
+    register(_spec)
 
 # Named shorthands: the classic chapters' names for SGD with momentum (public class name -> spec, new defaults).
 SHORTHANDS: dict[str, tuple[OptimizerSpec, dict]] = {
     "Momentum": (SGD, {"momentum": 0.9}),
     "Nesterov": (SGD, {"momentum": 0.9, "nesterov": True}),
 }
+
+
+def _load_optimizer_modules() -> None:
+    """Import every module of fastopt/optimizers (sorted by name): each declares and registers its optimizers."""
+    import importlib
+    import pkgutil
+
+    from fastopt import optimizers
+    for info in sorted(pkgutil.iter_modules(optimizers.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"fastopt.optimizers.{info.name}")
+
+
+_load_optimizer_modules()

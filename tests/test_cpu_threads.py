@@ -49,7 +49,7 @@ def test_plan_picks_serial_below_the_grain_and_parallel_above():
     per_element = 7 * 4  # float32 Adam: p, g read; p, m, v read and written
     small = cpu.PARALLEL_MIN_BYTES // per_element - 1
     large = cpu.PARALLEL_MIN_BYTES // per_element + 1
-    driver = sys.modules["fastopt.kernels.cpu.adam"].update
+    driver = fastopt.codegen.numba_driver("adam", (True, True, False))   # exp_avg, exp_avg_sq; no max_exp_avg_sq
     for n, parallel in ((small, False), (large, True)):
         params = [np.zeros(n // 2, np.float32), np.zeros(n - n // 2, np.float32)]  # counted over the whole group
         plan = cpu.BACKEND.prepare(fastopt.SPECS["adam"], params,

@@ -30,6 +30,7 @@ except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastopt import cuda_build, reference
+from fastopt.records import RECORDS
 from fastopt.specs import SPECS, boolean
 
 try:
@@ -48,7 +49,6 @@ LAYOUTS = ("aligned", "shifted", "mixed")
 
 # ---- configurations: every flag combination of every spec, with and without weight decay ---------------------------
 
-_EXTRA = {"sgd": {"dampening": 0.1}, "adagrad": {"lr_decay": 0.01, "initial_accumulator_value": 0.1}}
 
 
 def _configs():
@@ -64,7 +64,7 @@ def _configs():
                 axes.append((h.name, (0.0, 0.05)))
         for values in itertools.product(*(v for _, v in axes)):
             chosen = dict(zip((n for n, _ in axes), values))
-            for extra in (_EXTRA.get(spec.name, {}), {}):
+            for extra in (RECORDS[spec.name].cuda_grid, {}):
                 hyper = {**spec.defaults, **extra, **chosen}
                 try:
                     spec.validate(hyper)
@@ -157,7 +157,7 @@ class Problem:
 
     def reference(self):
         """The reference trajectory: final params and active slots per tensor."""
-        fn = getattr(reference, self.spec.kernel)
+        fn = reference.function(self.spec.kernel)
         params = [p.copy() for p in self.params]
         slots = [None if s is None else [a.copy() for a in s] for s in self.slots]
         for t in range(len(params)):
@@ -285,7 +285,7 @@ def test_half_params_match_float32_reference_rounded_each_step(name, hyper, half
     sizes = (1, 3, 4097, 5003)
     prob = Problem(name, hyper, sizes, np.float32, seed=3)
     spec = prob.spec
-    fn = getattr(reference, spec.kernel)
+    fn = reference.function(spec.kernel)
     kernels = cuda_build.HostKernels(spec.kernel)
     nslots = len(spec.slots)
     arena = Arena()

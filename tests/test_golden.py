@@ -46,7 +46,8 @@ def check_close(actual, expected, what, meta):
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != torch's {expected.dtype}"
-    problem = golden_mismatch(actual, expected, meta["dtype"], extreme=meta.get("extreme", False))
+    problem = golden_mismatch(actual, expected, meta["dtype"], extreme=meta.get("extreme", False),
+                              optimizer=meta["optimizer"])
     assert problem is None, f"{what}: {problem}"
 
 
@@ -62,7 +63,7 @@ def replay(meta, arrays, *, step_offset=0):
     hyper = dict(meta["hyper"])
     if "betas" in hyper:
         hyper["betas"] = tuple(hyper["betas"])
-    fn = getattr(reference, spec.kernel)
+    fn = reference.function(spec.kernel)
     dtype = np.dtype(meta["dtype"])
     n = len(meta["shapes"])
     params = [arrays[f"p{i}_init"].copy() for i in range(n)]
@@ -106,7 +107,7 @@ def test_every_optimizer_has_golden_data():
     for name in SPECS:
         assert have.get(name) == {"float32", "float64"}, (
             f"{name}: golden files for {sorted(have.get(name, ()))}; expected float32 and float64 "
-            f"(add its configurations to tests/golden/make_golden.py and run it)")
+            f"(list its configurations in its record, fastopt.records, and run tests/golden/make_golden.py)")
     assert set(have) <= set(SPECS), f"golden files for unknown optimizers {sorted(set(have) - set(SPECS))}"
 
 

@@ -63,10 +63,25 @@ GOLDEN_TOLERANCES = {
 }
 
 
-def golden_mismatch(actual, expected, dtype, extreme):
-    """None when `actual` (the reference) passes against torch's `expected` under GOLDEN_TOLERANCES, else a message
-    naming the worst element. Non-finite values must sit exactly where torch has them, with torch's sign of inf."""
-    tol = GOLDEN_TOLERANCES[np.dtype(dtype)]
+def golden_tolerance(dtype, optimizer=None) -> dict:
+    """GOLDEN_TOLERANCES for `dtype`, or the optimizer's own in its record (fastopt.records: Record.golden_tolerance,
+    which must say why), for an oracle that rounds differently from torch.optim."""
+    if optimizer is not None:
+        from fastopt.records import RECORDS
+        override = RECORDS[optimizer].golden_tolerance
+        if override is not None and np.dtype(dtype).name in override.ulps:
+            if not override.reason.strip():
+                raise ValueError(f"{optimizer}: a golden tolerance override needs its reason")
+            ulps, eps = override.ulps[np.dtype(dtype).name], np.finfo(dtype)
+            return dict(rtol=ulps * eps.eps, atol=ulps * eps.eps, subnormal=ulps * float(eps.smallest_subnormal))
+    return GOLDEN_TOLERANCES[np.dtype(dtype)]
+
+
+def golden_mismatch(actual, expected, dtype, extreme, optimizer=None):
+    """None when `actual` (the reference) passes against torch's `expected` under GOLDEN_TOLERANCES (or the
+    optimizer's override), else a message naming the worst element. Non-finite values must sit exactly where torch
+    has them, with torch's sign of inf."""
+    tol = golden_tolerance(dtype, optimizer)
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:

@@ -48,6 +48,7 @@ class _NumbaPlan:
         self.bytes_per_step = arrays * sum(p.nbytes for p in params)
         # With one thread (NUMBA_NUM_THREADS=1, or set_num_threads(1) in this thread) a parallel region only costs.
         self.parallel = self.bytes_per_step >= PARALLEL_MIN_BYTES and numba.get_num_threads() > 1
+        self.driver = driver
         self.kernel = driver.parallel if self.parallel else driver.serial
         self.lock = threads.KERNEL_LOCK if self.parallel else None
         self.cast = params[0].dtype.type  # scalars in the array's dtype keep the loop in float32 for float32

@@ -37,15 +37,15 @@ class NumpyArrays:
 
 class _ReferencePlan:
     def __init__(self, spec, params, slots, flags):
-        self.kernel = getattr(reference, spec.kernel)
+        reference.function(spec.kernel)   # fail here, at prepare, if the family has no reference function
+        self.spec = spec
         self.params = params
-        self.slots = [slots[s.name] or [None] * len(params) for s in spec.slots]
+        self.slots = [slots[s.name] for s in spec.slots]
         self.flags = flags
 
     def run(self, grads, scalars):
         with np.errstate(all="ignore"):  # non-finite gradients propagate silently, as in the fused kernels
-            for i, (param, grad) in enumerate(zip(self.params, grads)):
-                self.kernel(param, grad, *(slot[i] for slot in self.slots), *scalars, *self.flags)
+            reference.run(self.spec, self.params, grads, self.slots, scalars, self.flags)
 
 
 class NumpyBackend(NumpyArrays):

@@ -120,18 +120,16 @@ class ChainOptimizer:
         from fastopt.specs import SPECS
         self.spec = SPECS[case.spec]
         self.hyper = case.full_hyper()
-        self.fn = getattr(reference, self.spec.kernel)
+        self.run = reference.run
         self.params = params
-        self.slots = [[xp.full_like(p, s.init(self.hyper)) if s.active(self.hyper) else None for s in self.spec.slots]
-                      for p in params]
+        self.slots = [[xp.full_like(p, s.init(self.hyper)) for p in params] if s.active(self.hyper) else None
+                      for s in self.spec.slots]
         self.flags = self.spec.flags(self.hyper)
         self.count = 0
 
     def step(self, grads):
         self.count += 1
-        scalars = self.spec.scalars(self.hyper, self.count)
-        for p, g, slots in zip(self.params, grads, self.slots):
-            self.fn(p, g, *slots, *scalars, *self.flags)
+        self.run(self.spec, self.params, grads, self.slots, self.spec.scalars(self.hyper, self.count), self.flags)
 
 
 # ---- fastopt's own backends ----------------------------------------------------------------------------------------

@@ -101,17 +101,14 @@ class OptimizerCase:
         return tuple(s.name for s in SPECS[self.spec].active_slots(self.full_hyper()))
 
 
-CASES: dict[str, OptimizerCase] = {c.name: c for c in (
-    OptimizerCase("sgd", "sgd", "SGD", {"lr": 1e-2}),
-    OptimizerCase("momentum", "sgd", "SGD", {"lr": 1e-2, "momentum": 0.9}),
-    OptimizerCase("nesterov", "sgd", "SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True}),
-    OptimizerCase("adagrad", "adagrad", "Adagrad", {"lr": 1e-2}),
-    OptimizerCase("rmsprop", "rmsprop", "RMSprop", {"lr": 1e-3}, torch_fused=False),
-    OptimizerCase("adadelta", "adadelta", "Adadelta", {"lr": 1.0}, torch_fused=False),
-    OptimizerCase("adam", "adam", "Adam", {"lr": 1e-3}),
-    OptimizerCase("adamw", "adamw", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    OptimizerCase("adam_amsgrad", "adam", "Adam", {"lr": 1e-3, "amsgrad": True}),
-)}
+def _cases() -> dict[str, OptimizerCase]:
+    """Every bench case of every optimizer's record (fastopt.records), in registration order."""
+    from fastopt.records import RECORDS
+    return {c.name: OptimizerCase(c.name, r.optimizer, c.cls, dict(c.hyper), c.torch_fused)
+            for r in RECORDS.values() for c in r.bench}
+
+
+CASES: dict[str, OptimizerCase] = _cases()
 
 
 def bytes_per_param(case: OptimizerCase | str, itemsize: int, state_itemsize: int | None = None) -> int:

@@ -1,9 +1,9 @@
 """What every Numba kernel shares: compile options, and the chunk table that spreads many tensors over threads.
 
-Each kernel family is two functions: a serial loop over one span of 1-D arrays (compiled with
-error_model='numpy' so LLVM vectorises it), and a `prange` over the rows of a chunk table, (tensor, start, stop),
-that hands spans to threads. So one call updates a whole param group however its elements are split into tensors,
-and a big tensor is shared out between threads.
+Each kernel family is one function, `element` (the update of one element); fastopt.codegen generates around it
+a serial loop over one span of 1-D arrays (compiled with error_model='numpy' so LLVM vectorises it), and a `prange`
+over the rows of a chunk table, (tensor, start, stop), that hands spans to threads. So one call updates a whole
+param group however its elements are split into tensors, and a big tensor is shared out between threads.
 
 The tensors reach the kernel as a table of addresses, `table[role, tensor]` (role 0: params, 1: grads, 2...: the
 spec's slots in order), which the backend fills once and refreshes only the grads' row. Measured here: Numba typed
@@ -50,6 +50,8 @@ CACHE = _disk_cache_usable()
 SPAN_OPTIONS = {"cache": CACHE, "error_model": "numpy", "nogil": True}
 DRIVER_OPTIONS = {"parallel": True, "cache": CACHE, "nogil": True}
 SERIAL_DRIVER_OPTIONS = {"cache": CACHE, "error_model": "numpy", "nogil": True}
+# A family's `element` (the update of one element), inlined into the loop fastopt.codegen generates around it.
+ELEMENT_OPTIONS = {"inline": "always", **SPAN_OPTIONS}
 
 
 class Driver(NamedTuple):

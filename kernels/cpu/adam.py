@@ -1,45 +1,29 @@
-"""Adam and AdamW, fused: one pass reads p, g, m, v (and v_max) and writes them back. See fastopt.reference.adam."""
+"""Adam and AdamW, fused: one pass reads p, g, m, v (and v_max) and writes them back. See fastopt.reference.adam.
+
+`element` is the update of one element; fastopt.codegen generates the loop and the driver around it."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import SPAN_OPTIONS, driver, span
-
-
-@njit(**SPAN_OPTIONS)
-def _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-          bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
-    coupled_decay = weight_decay != 0 and not decoupled
-    decoupled_decay = weight_decay != 0 and decoupled
-    small_weight = abs(one_minus_beta1) < 0.5   # torch.lerp's two formulas (fastopt.reference._lerp)
-    one_minus_weight = m.dtype.type(1) - one_minus_beta1
-    for i in range(p.size):
-        param = p[i]
-        if decoupled_decay:
-            param = param * decay_factor
-        d = g[i] * grad_sign
-        if coupled_decay:
-            d = d + weight_decay * param
-        near_start = m[i] + one_minus_beta1 * (d - m[i])   # both, then a select: a branch here stops vectorising
-        near_end = d - (d - m[i]) * one_minus_weight
-        m_i = near_start if small_weight else near_end
-        v_i = beta2 * v[i] + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
-        m[i] = m_i
-        v[i] = v_i
-        if amsgrad:
-            previous = v_max[i]
-            if previous > v_i or np.isnan(previous):  # torch.maximum: NaN wins
-                v_i = previous
-            v_max[i] = v_i
-        p[i] = param - (step_size * m_i) / (np.sqrt(v_i) / bias_correction2_sqrt + eps)   # torch's addcdiv order
+from ._common import ELEMENT_OPTIONS
 
 
-@driver
-def update(chunks, table, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-           bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
-    for c in prange(chunks.shape[0]):
-        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g, m, v, v_max = (span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr),
-                             span(table[3, t], a, b, lr), span(table[4, t], a, b, lr))
-        _span(p, g, m, v, v_max, grad_sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-              bias_correction2_sqrt, decay_factor, amsgrad, decoupled)
+@njit(**ELEMENT_OPTIONS)
+def element(p, g, m, v, v_max, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+            step_size, bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
+    if decoupled and weight_decay != 0:
+        p = p * decay_factor
+    d = g * grad_sign
+    if weight_decay != 0 and not decoupled:
+        d = d + weight_decay * p
+    near_start = m + one_minus_beta1 * (d - m)   # torch.lerp's two formulas (fastopt.reference._lerp): both, then a
+    near_end = d - (d - m) * (type(m)(1) - one_minus_beta1)   # select, as a branch here stops vectorising
+    m = near_start if abs(one_minus_beta1) < 0.5 else near_end
+    v = beta2 * v + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
+    second = v
+    if amsgrad:
+        if not (v_max > v or np.isnan(v_max)):  # torch.maximum: NaN wins
+            v_max = v
+        second = v_max
+    p = p - (step_size * m) / (np.sqrt(second) / bias_correction2_sqrt + eps)   # torch's addcdiv order
+    return p, m, v, v_max

@@ -1,47 +1,31 @@
-"""RMSprop, plain or centred, with optional momentum, fused. See fastopt.reference.rmsprop."""
+"""RMSprop, plain or centred, with optional momentum, fused. See fastopt.reference.rmsprop.
+
+`element` is the update of one element; fastopt.codegen generates the loop and the driver around it."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import SPAN_OPTIONS, direction, driver, span
-
-
-@njit(**SPAN_OPTIONS)
-def _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
-          use_momentum):
-    decay = weight_decay != 0
-    small_weight = abs(one_minus_alpha) < 0.5   # torch.lerp's two formulas (fastopt.reference._lerp)
-    one_minus_weight = sq.dtype.type(1) - one_minus_alpha
-    for i in range(p.size):
-        param = p[i]
-        d = direction(g[i], param, grad_sign, weight_decay, decay)
-        s = alpha * sq[i] + (one_minus_alpha * d) * d   # torch's addcmul order: d * d alone overflows sooner
-        sq[i] = s
-        if centered:
-            a = g_avg[i]
-            near_start = a + one_minus_alpha * (d - a)   # both, then a select: a branch here stops vectorising
-            near_end = d - (d - a) * one_minus_weight
-            mean = near_start if small_weight else near_end
-            g_avg[i] = mean
-            variance = s - mean * mean
-            if s == np.inf and abs(mean) < np.inf:   # plain comparisons: np.isinf here stops vectorising
-                variance = s   # torch's fused s - mean * mean: inf - finite, never inf - inf (see the reference)
-            avg = np.sqrt(variance) + eps
-        else:
-            avg = np.sqrt(s) + eps
-        if use_momentum:
-            b = momentum * buf[i] + d / avg
-            buf[i] = b
-            p[i] = param - lr * b
-        else:
-            p[i] = param - (lr * d) / avg   # torch's addcdiv order
+from ._common import ELEMENT_OPTIONS, direction
 
 
-@driver
-def update(chunks, table, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered, use_momentum):
-    for c in prange(chunks.shape[0]):
-        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g, sq, buf, g_avg = (span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr),
-                                span(table[3, t], a, b, lr), span(table[4, t], a, b, lr))
-        _span(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
-              use_momentum)
+@njit(**ELEMENT_OPTIONS)
+def element(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, centered,
+            use_momentum):
+    d = direction(g, p, grad_sign, weight_decay, weight_decay != 0)
+    sq = alpha * sq + (one_minus_alpha * d) * d   # torch's addcmul order: d * d alone overflows sooner
+    if centered:
+        near_start = g_avg + one_minus_alpha * (d - g_avg)   # torch.lerp's two formulas (fastopt.reference._lerp):
+        near_end = d - (d - g_avg) * (type(sq)(1) - one_minus_alpha)   # both, then a select (a branch stops
+        g_avg = near_start if abs(one_minus_alpha) < 0.5 else near_end   # vectorising)
+        variance = sq - g_avg * g_avg
+        if sq == np.inf and abs(g_avg) < np.inf:   # plain comparisons: np.isinf here stops vectorising
+            variance = sq   # torch's fused s - mean * mean: inf - finite, never inf - inf (see the reference)
+        avg = np.sqrt(variance) + eps
+    else:
+        avg = np.sqrt(sq) + eps
+    if use_momentum:
+        buf = momentum * buf + d / avg
+        p = p - lr * buf
+    else:
+        p = p - (lr * d) / avg   # torch's addcdiv order
+    return p, sq, buf, g_avg

@@ -1,26 +1,16 @@
-"""SGD with optional momentum, dampening and Nesterov, fused. See fastopt.reference.sgd."""
+"""SGD with optional momentum, dampening and Nesterov, fused. See fastopt.reference.sgd.
 
-from numba import njit, prange
+`element` is the update of one element; fastopt.codegen generates the loop and the driver around it."""
 
-from ._common import SPAN_OPTIONS, direction, driver, span
+from numba import njit
 
-
-@njit(**SPAN_OPTIONS)
-def _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
-    decay = weight_decay != 0
-    for i in range(p.size):
-        param = p[i]
-        d = direction(g[i], param, grad_sign, weight_decay, decay)
-        if use_momentum:
-            b = buffer_decay * buf[i] + grad_scale * d
-            buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] = param - lr * d
+from ._common import ELEMENT_OPTIONS, direction
 
 
-@driver
-def update(chunks, table, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
-    for c in prange(chunks.shape[0]):
-        t, a, b = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        p, g, buf = span(table[0, t], a, b, lr), span(table[1, t], a, b, lr), span(table[2, t], a, b, lr)
-        _span(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov)
+@njit(**ELEMENT_OPTIONS)
+def element(p, g, buf, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale, use_momentum, nesterov):
+    d = direction(g, p, grad_sign, weight_decay, weight_decay != 0)
+    if use_momentum:
+        buf = buffer_decay * buf + grad_scale * d
+        d = d + momentum * buf if nesterov else buf
+    return p - lr * d, buf

@@ -15,10 +15,8 @@ __device__ __forceinline__ C fo_adam_lerp(C start, C end, C weight) {
 
 template <typename C, bool AMSGRAD, bool DECOUPLED>
 struct fo_adam_op {
-    static constexpr int NSLOTS = 3;
+    FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
     static constexpr unsigned ACTIVE = AMSGRAD ? 7u : 3u;
-    C lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
-        bias_correction2_sqrt, decay_factor;
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         C d;
@@ -39,23 +37,3 @@ struct fo_adam_op {
         p = p - (step_size * s[0]) / denom;  // torch's addcdiv order
     }
 };
-
-#define FO_ADAM_SCALARS C lr, C grad_sign, C weight_decay, C beta1, C one_minus_beta1, C beta2, C one_minus_beta2, \
-    C eps, C step_size, C bias_correction2_sqrt, C decay_factor
-#define FO_ADAM_OP_INIT {lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, \
-    bias_correction2_sqrt, decay_factor}
-
-template <typename P, typename C, bool AMSGRAD, bool DECOUPLED>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_adam_flat(P* param, const P* grad, C* exp_avg, C* exp_avg_sq, C* max_exp_avg_sq, long long n, FO_ADAM_SCALARS) {
-    const fo_adam_op<C, AMSGRAD, DECOUPLED> op = FO_ADAM_OP_INIT;
-    C* const s[3] = {exp_avg, exp_avg_sq, max_exp_avg_sq};
-    fo_flat<P, C>(op, param, grad, s, n);
-}
-
-template <typename P, typename C, bool AMSGRAD, bool DECOUPLED>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_adam_table(FO_TABLE_PARAMS, FO_ADAM_SCALARS) {
-    const fo_adam_op<C, AMSGRAD, DECOUPLED> op = FO_ADAM_OP_INIT;
-    fo_table<P, C>(op, FO_TABLE_ARGS);
-}

@@ -8,7 +8,9 @@
 //   P  parameter (and gradient) storage: float, double, fo_half (IEEE binary16 bits), fo_bf16 (bfloat16 bits)
 //   C  state and compute type: float for fo_half/fo_bf16/float, double for double
 // An element operation is a functor `op(C& p, C g, C (&s)[NSLOTS])` with `ACTIVE`, the bit mask of slots it reads and
-// writes: the traversals load and store only those, so an inactive slot may be a null pointer.
+// writes: the traversals load and store only those, so an inactive slot may be a null pointer. Its `NSLOTS` and
+// scalar members come from `FO_OP_MEMBERS`, and the __global__ entry points around it (fo_<family>_flat/_table), both
+// generated from the declaration by fastopt.codegen.
 //
 // Traversals, both grid-stride with 64-bit sizes and offsets:
 //   flat   one contiguous range [0, n) of every array; all threads of the grid stride over it.

@@ -13,9 +13,8 @@ __device__ __forceinline__ C fo_rmsprop_lerp(C start, C end, C weight) {
 
 template <typename C, bool CENTERED, bool USE_MOMENTUM>
 struct fo_rmsprop_op {
-    static constexpr int NSLOTS = 3;
+    FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
     static constexpr unsigned ACTIVE = 1u | (USE_MOMENTUM ? 2u : 0u) | (CENTERED ? 4u : 0u);
-    C lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum;
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         const C d = fo_direction(p, g, grad_sign, weight_decay);
@@ -39,23 +38,3 @@ struct fo_rmsprop_op {
         }
     }
 };
-
-#define FO_RMSPROP_SCALARS C lr, C grad_sign, C weight_decay, C alpha, C one_minus_alpha, C eps, C momentum
-
-template <typename P, typename C, bool CENTERED, bool USE_MOMENTUM>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_rmsprop_flat(P* param, const P* grad, C* square_avg, C* momentum_buffer, C* grad_avg, long long n,
-                FO_RMSPROP_SCALARS) {
-    const fo_rmsprop_op<C, CENTERED, USE_MOMENTUM> op = {lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps,
-                                                         momentum};
-    C* const s[3] = {square_avg, momentum_buffer, grad_avg};
-    fo_flat<P, C>(op, param, grad, s, n);
-}
-
-template <typename P, typename C, bool CENTERED, bool USE_MOMENTUM>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_rmsprop_table(FO_TABLE_PARAMS, FO_RMSPROP_SCALARS) {
-    const fo_rmsprop_op<C, CENTERED, USE_MOMENTUM> op = {lr, grad_sign, weight_decay, alpha, one_minus_alpha, eps,
-                                                         momentum};
-    fo_table<P, C>(op, FO_TABLE_ARGS);
-}

@@ -5,9 +5,8 @@
 
 template <typename C, bool USE_MOMENTUM, bool NESTEROV>
 struct fo_sgd_op {
-    static constexpr int NSLOTS = 1;
+    FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
     static constexpr unsigned ACTIVE = USE_MOMENTUM ? 1u : 0u;
-    C lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale;
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         C d = fo_direction(p, g, grad_sign, weight_decay);
@@ -18,20 +17,3 @@ struct fo_sgd_op {
         p = p - lr * d;
     }
 };
-
-#define FO_SGD_SCALARS C lr, C grad_sign, C weight_decay, C momentum, C buffer_decay, C grad_scale
-
-template <typename P, typename C, bool USE_MOMENTUM, bool NESTEROV>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_sgd_flat(P* param, const P* grad, C* momentum_buffer, long long n, FO_SGD_SCALARS) {
-    const fo_sgd_op<C, USE_MOMENTUM, NESTEROV> op = {lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale};
-    C* const s[1] = {momentum_buffer};
-    fo_flat<P, C>(op, param, grad, s, n);
-}
-
-template <typename P, typename C, bool USE_MOMENTUM, bool NESTEROV>
-__global__ void __launch_bounds__(FO_BLOCK, FO_MIN_BLOCKS)
-fo_sgd_table(FO_TABLE_PARAMS, FO_SGD_SCALARS) {
-    const fo_sgd_op<C, USE_MOMENTUM, NESTEROV> op = {lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale};
-    fo_table<P, C>(op, FO_TABLE_ARGS);
-}

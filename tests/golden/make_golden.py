@@ -2,9 +2,11 @@
 
     python tests/golden/make_golden.py            # rewrite every file
     python tests/golden/make_golden.py --check    # rewrite into a temporary folder and compare byte for byte
+    python tests/golden/make_golden.py --only adam   # only one optimizer's files (also with --check)
 
-For every optimizer in `fastopt.specs.SPECS` and every configuration listed in CONFIGS below, in float64 and float32,
-this runs the torch optimizer of the same name on the single-tensor path (foreach=False, fused=False) for STEPS steps
+For every optimizer in `fastopt.specs.SPECS` and every configuration its record lists (fastopt.records:
+Record.golden), in float64 and float32, this runs the record's oracle, by default the torch optimizer of the same
+name on the single-tensor path (foreach=False, fused=False) for STEPS steps
 over a few small parameters of odd sizes, with seeded random parameters and a fresh seeded random gradient every step,
 and stores one `<optimizer>-<config>-<dtype>.npz` holding:
 
@@ -45,60 +47,17 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fastopt.specs import SPECS  # noqa: E402 - after making the checkout importable
+from fastopt import records  # noqa: E402 - after making the checkout importable
+from fastopt.specs import SPECS  # noqa: E402
 
 STEPS = 12
 SHAPES = [(7,), (3, 13), (1,)]   # odd sizes; 39 elements reach torch's vectorised loop, 7 and 1 only its scalar tail
 DTYPES = ("float64", "float32")
 
-TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adadelta": "Adadelta",
-               "adam": "Adam", "adamw": "AdamW"}
-
-# Per optimizer: config name -> hyperparameters that differ from the defaults. Together they cover every flag value
-# and give every hyperparameter a non-default value at least once (tests/test_golden.py checks both).
-CONFIGS = {
-    "sgd": {
-        "default": {},
-        "lr_wd_maximize": {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
-        "momentum_dampening": {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
-        "nesterov": {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.05},
-        "momentum_maximize": {"lr": 0.02, "momentum": 0.5, "maximize": True},
-    },
-    "adagrad": {
-        "default": {},
-        "lr_decay_init_acc": {"lr": 0.1, "lr_decay": 0.05, "initial_accumulator_value": 0.3},
-        "wd_maximize_eps": {"lr": 0.05, "weight_decay": 0.1, "maximize": True, "eps": 1e-6},
-    },
-    "rmsprop": {
-        "default": {},
-        "centered": {"lr": 0.005, "alpha": 0.9, "centered": True},
-        "momentum_wd": {"momentum": 0.9, "weight_decay": 0.1},
-        "centered_momentum_maximize": {"lr": 0.003, "alpha": 0.95, "eps": 1e-6, "momentum": 0.5,
-                                       "centered": True, "maximize": True},
-        # 1 - alpha >= 0.5 takes the other branch of torch's lerp in the centred average
-        "centered_low_alpha": {"lr": 0.001, "alpha": 0.3, "centered": True},
-    },
-    "adadelta": {
-        "default": {},
-        "lr_rho_eps_wd": {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 0.1},
-        "maximize": {"rho": 0.95, "maximize": True},
-    },
-    "adam": {
-        "default": {},
-        "amsgrad": {"lr": 0.01, "amsgrad": True},
-        "wd_maximize": {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
-        "betas_eps_amsgrad_wd": {"lr": 0.02, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.05,
-                                 "amsgrad": True},
-        # 1 - beta1 >= 0.5 takes the other branch of torch's lerp in the first moment
-        "low_beta1": {"lr": 0.01, "betas": [0.3, 0.9]},
-    },
-    "adamw": {
-        "default": {},
-        "no_weight_decay": {"lr": 0.01, "weight_decay": 0.0},
-        "amsgrad_maximize": {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True, "maximize": True},
-        "betas_eps_wd": {"lr": 0.02, "betas": [0.85, 0.98], "eps": 1e-6, "weight_decay": 0.3},
-    },
-}
+# Per optimizer, its record (fastopt.records) lists its configurations: config name -> hyperparameters that differ
+# from the defaults (Record.golden, and Record.extreme at the float extremes), and the oracle that runs them.
+RECORDS = records.RECORDS
+CONFIGS = {name: r.golden for name, r in RECORDS.items()}
 
 
 # ---- extreme magnitudes (issue 10: torch's operation order decides overflow and underflow) ---------------------------
@@ -115,22 +74,7 @@ MAGNITUDES = {
 }
 TINY = "tiny"   # stands for TINY_EPS[dtype] in EXTREME_CONFIGS
 TINY_EPS = {"float32": 1e-45, "float64": 5e-324}   # the smallest subnormal of each dtype (1e-45 rounds to it)
-EXTREME_CONFIGS = {
-    "sgd": {
-        "momentum_wd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.01},
-        "nesterov_maximize": {"lr": 0.01, "momentum": 0.5, "nesterov": True, "maximize": True},
-    },
-    "adagrad": {"default": {}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
-    "rmsprop": {
-        "default": {},
-        "centered": {"centered": True},
-        "centered_momentum_wd": {"centered": True, "momentum": 0.9, "weight_decay": 0.01},
-        "tiny_eps": {"lr": 1e-5, "eps": TINY},
-    },
-    "adadelta": {"default": {}, "tiny_eps": {"eps": TINY}},
-    "adam": {"default": {}, "amsgrad": {"amsgrad": True}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
-    "adamw": {"default": {}, "tiny_eps": {"lr": 1e-5, "eps": TINY}},
-}
+EXTREME_CONFIGS = {name: r.extreme for name, r in RECORDS.items()}
 
 
 def extreme_hyper(name: str, overrides: dict, dtype: str) -> dict:
@@ -180,7 +124,7 @@ def run_torch(torch, name: str, hyper: dict, dtype: str, params0, grads, steps=S
     kwargs = dict(hyper)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
-    cls = getattr(torch.optim, TORCH_CLASS[name])
+    cls = getattr(torch.optim, SPECS[name].class_name)
     extra = {"foreach": False}
     if "fused" in cls.__init__.__code__.co_varnames:
         extra["fused"] = False
@@ -217,7 +161,7 @@ def write_npz(path: Path, arrays: dict) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def generate(out: Path) -> list[Path]:
+def generate(out: Path, only: str | None = None) -> list[Path]:
     import torch
 
     torch.set_num_threads(1)
@@ -231,7 +175,7 @@ def generate(out: Path) -> list[Path]:
     if missing:
         raise SystemExit(f"no extreme-magnitude configurations for {sorted(missing)}: add them to EXTREME_CONFIGS")
     runs = []   # (file stem, optimizer, config, dtype, hyper, params0, grads, steps, extra meta)
-    for name in sorted(SPECS):
+    for name in sorted(SPECS) if only is None else [only]:
         for config, overrides in CONFIGS[name].items():
             hyper = full_hyper(name, overrides)
             params0, grads = draw(name, config)
@@ -247,7 +191,11 @@ def generate(out: Path) -> list[Path]:
     for stem, name, config, dtype, hyper, params0, grads, steps, extra in runs:
         params_d = [p.astype(dtype) for p in params0]
         grads_d = [g.astype(dtype) for g in grads]
-        trajectory, states = run_torch(torch, name, hyper, dtype, params_d, grads_d, steps)
+        oracle = RECORDS[name].oracle
+        if oracle is None:   # torch.optim's class of the same name
+            trajectory, states = run_torch(torch, name, hyper, dtype, params_d, grads_d, steps)
+        else:
+            trajectory, states = oracle(name, hyper, dtype, params_d, grads_d, steps)
         meta = {"optimizer": name, "config": config, "dtype": dtype, "steps": steps, "hyper": hyper,
                 "torch_version": torch.__version__, "numpy_version": np.__version__,
                 "shapes": [list(p.shape) for p in params0],
@@ -270,12 +218,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true",
                     help="regenerate into a temporary folder and report files that differ from data/")
+    ap.add_argument("--only", metavar="OPTIMIZER", choices=sorted(SPECS),
+                    help="write (or check) only this optimizer's files, leaving every other file alone")
     args = ap.parse_args(argv)
+    pattern = "*.npz" if args.only is None else f"{args.only}-*.npz"
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            fresh = generate(Path(tmp))
+            fresh = generate(Path(tmp), args.only)
             names = {p.name for p in fresh}
-            stored = {p.name for p in DATA.glob("*.npz")}
+            stored = {p.name for p in DATA.glob(pattern)}
             differ = sorted(p.name for p in fresh
                             if not (DATA / p.name).exists() or (DATA / p.name).read_bytes() != p.read_bytes())
             stale = sorted(stored - names)
@@ -285,9 +236,9 @@ def main(argv=None) -> int:
             print("stale (no longer generated):", n)
         print(f"{len(fresh)} files checked, {len(differ)} differ, {len(stale)} stale")
         return 1 if differ or stale else 0
-    for old in DATA.glob("*.npz"):
+    for old in DATA.glob(pattern):
         old.unlink()
-    written = generate(DATA)
+    written = generate(DATA, args.only)
     total = sum(p.stat().st_size for p in written)
     print(f"wrote {len(written)} files, {total / 1024:.0f} KiB, to {DATA}")
     return 0
