@@ -150,9 +150,9 @@ def cpu_busy(seconds: float = 0.3) -> float | None:
 
 def machine_info() -> dict:
     try:
-        import numba
-        numba_threads = numba.get_num_threads()
-        threading_layer = None
+        from fastopt import threads  # starts Numba's layer as fastopt's cpu backend does (idle threads sleep)
+        threading_layer = threads.start()
+        numba_threads = threads.get_num_threads()
     except Exception:
         numba_threads = threading_layer = None
     info = {
