@@ -30,23 +30,15 @@ _kernels_from_checkout()
 from fastopt import functional, lr_scheduler, threads  # noqa: E402 - after the kernels are findable
 from fastopt.dispatch import available_backends  # noqa: E402
 from fastopt.flat import flatten  # noqa: E402
-from fastopt.optim import (  # noqa: E402
-    OPTIMIZERS,
-    SGD,
-    Adadelta,
-    Adagrad,
-    Adam,
-    AdamW,
-    Momentum,
-    Nesterov,
-    Optimizer,
-    RMSprop,
-)
+from fastopt.optim import OPTIMIZERS, Optimizer  # noqa: E402
 from fastopt.specs import SPECS  # noqa: E402
 from fastopt.threads import get_num_threads, set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["OPTIMIZERS", "SGD", "SPECS", "Adadelta", "Adagrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer",
-           "RMSprop", "__version__", "available_backends", "flatten", "functional", "get_num_threads", "lr_scheduler",
-           "set_num_threads", "threads"]
+# Every optimizer class (generated from its declaration in fastopt/optimizers/): fastopt.Adam, fastopt.Lion, ...
+globals().update({cls.__name__: cls for cls in OPTIMIZERS.values()})
+
+__all__ = ["OPTIMIZERS", "SPECS", "Optimizer", "__version__", "available_backends", "flatten", "functional",
+           "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
+           *sorted(cls.__name__ for cls in OPTIMIZERS.values())]
