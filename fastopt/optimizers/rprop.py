@@ -75,7 +75,7 @@ register_record(Record(
     extreme={"default": {}, "clamped_maximize": {"etas": [0.2, 1.9], "step_sizes": [1e-3, 0.03], "maximize": True}},
     bench=(BenchCase("rprop", "Rprop", {"lr": 1e-2}, torch_fused=False),),
     convergence=(ConvergenceEntry("Rprop", "Rprop", {"lr": 1e-4, "step_sizes": (1e-6, 1e-2)}, {"lr": 0.1},
-                                  "olive"),),
+                                  "chocolate"),),
 ))
 
 RPROP = register(OptimizerSpec(
