@@ -72,7 +72,7 @@ register_record(Record(
     oracle=oracle(_build, _state_of),
     bench=(BenchCase("lion", "Lion", {"lr": 1e-4}, torch_fused=False),),
     convergence=(ConvergenceEntry("Lion", "Lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
-                                  {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0}, "gold"),),
+                                  {"lr": 0.2, "betas": (0.9, 0.99), "weight_decay": 0.0}, "gold"),),
 ))
 
 register(OptimizerSpec(
