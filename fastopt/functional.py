@@ -16,6 +16,8 @@ SGD follows torch: it keeps no step count, and its first step is the one that cr
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import operator
 import threading
 from collections import OrderedDict
@@ -166,8 +168,11 @@ def init_state(optimizer, params, backend=None, **hyper) -> dict:
     hyper = with_defaults(spec, hyper)
     backend = dispatch.choose_backend(list(params), backend)
     arrays = [backend.as_array(p) for p in params]
-    return {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)
-            if slot.name != spec.first_step_slot}
+    state = {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)
+             if slot.name != spec.first_step_slot}
+    for h in spec.host_state:  # host scalar state: a list of floats, one per param, replaced by each update()
+        state[h.name] = [float(h.init(hyper))] * len(arrays)
+    return state
 
 
 def _element_offset(array, width: int) -> int:
@@ -254,10 +259,19 @@ class FusedUpdate:
             plan = backend.prepare(spec, [params[i] for i in indices], slots, self.flags)
             self.plans.append((None if len(by_dtype) == 1 else indices, plan))
 
-    def run(self, grads, hyper: dict, step: int) -> None:
-        scalars = self.spec.scalars(hyper, step)
+    def run(self, grads, hyper: dict, step: int, host=None):
+        """One step. A spec with host state needs `host`, the values before this step that every param of this
+        update shares; returns those after it (the caller stores them), else None."""
+        if self.spec.advance is None:
+            scalars, after = self.spec.scalars(hyper, step), None
+        elif host is None:
+            raise TypeError(f"{self.spec.name} keeps host state {[h.name for h in self.spec.host_state]}: "
+                            "FusedUpdate.run needs host=")
+        else:
+            scalars, after = self.spec.advance(hyper, step, host)
         for indices, plan in self.plans:
             plan.run(grads if indices is None else [grads[i] for i in indices], scalars)
+        return after
 
 
 class _Prepared:
@@ -309,6 +323,7 @@ def update(optimizer, params, grads, state, *, step: int | None = None, backend=
                         f"{type(state).__name__}")
     if not params:
         raise ValueError("params is empty: an optimizer needs at least one array")
+    host = _host_values(spec, state, len(params))
     creates = False
     if spec.first_step_slot is not None:
         creates = state.get(spec.first_step_slot) is None and \
@@ -322,7 +337,12 @@ def update(optimizer, params, grads, state, *, step: int | None = None, backend=
     elif len(grads) != len(prepared.grads) or not all(map(operator.is_, grads, prepared.grads)):
         check_grads(grads, prepared.params, "params[{}]".format, "grads[{}]".format)
         prepared = prepared.with_grads(grads)
-    prepared.update.run(prepared.grad_views, hyper, step)
+    if host is None:
+        prepared.update.run(prepared.grad_views, hyper, step)
+    else:
+        after = _run_with_host(spec, prepared, hyper, step, host)
+        for k, h in enumerate(spec.host_state):  # the kernels ran: now the values after the step
+            state[h.name] = [values[k] for values in after]
     if creates:
         state[spec.first_step_slot] = list(dict(prepared.held)[spec.first_step_slot])
     with _cache_lock:  # the step ran: now remember what it checked
@@ -330,6 +350,53 @@ def update(optimizer, params, grads, state, *, step: int | None = None, backend=
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+
+
+def host_float(value, where: str) -> float:
+    """A host state value as a finite Python float: a real number, a NumPy scalar, or a 0-d array or tensor."""
+    item = value
+    if hasattr(item, "shape") and hasattr(item, "item"):
+        if tuple(item.shape) != ():
+            raise ValueError(f"{where}: expected a number or a 0-d array, got shape {tuple(item.shape)}")
+        item = item.item()
+    if isinstance(item, bool) or not isinstance(item, numbers.Real):
+        raise TypeError(f"{where}: expected a real number, got {type(value).__name__}")
+    out = float(item)
+    if not math.isfinite(out):
+        raise ValueError(f"{where}: expected a finite number, got {out!r}")
+    return out
+
+
+def _host_values(spec, state, n: int):
+    """Per param, the tuple of its host state values (checked), or None for a spec without host state."""
+    if not spec.host_state:
+        return None
+    columns = []
+    for h in spec.host_state:
+        values, where = state.get(h.name), f"state[{h.name!r}]"
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            raise ValueError(f"{where}: expected a list of {n} floats, one per param (see init_state)")
+        columns.append([host_float(v, f"{where}[{i}]") for i, v in enumerate(values)])
+    return list(zip(*columns))
+
+
+def _run_with_host(spec, prepared, hyper, step, host) -> list:
+    """Run the step, params that share host values together (all of them, usually); the values after, per param."""
+    by_host = indices_by(host)
+    if len(by_host) == 1:
+        return [prepared.update.run(prepared.grad_views, hyper, step, host=host[0])] * len(host)
+    backend, held = prepared.backend, dict(prepared.held)
+    runs = []  # every update prepared before any runs
+    for values, indices in by_host.items():
+        slots = {name: [backend.as_array(arrays[i]) for i in indices] for name, arrays in held.items()}
+        update = FusedUpdate(spec, [backend.as_array(prepared.params[i]) for i in indices], slots, hyper, backend)
+        runs.append((values, indices, update))
+    after: list = [None] * len(host)
+    for values, indices, update in runs:
+        new = update.run([prepared.grad_views[i] for i in indices], hyper, step, host=values)
+        for i in indices:
+            after[i] = new
+    return after
 
 
 _LAST_HYPER: dict = {}  # spec name -> (names, values, validated hyper, flags) of the last call

@@ -72,6 +72,7 @@ class _Group:
         self.updates = None             # (flags, [(indices, FusedUpdate)]) or None: rebuilt lazily
         self.grads: tuple = ()          # the grads checked and used by the last step that ran
         self.grad_views: list = []
+        self.host: list = [None] * len(views)  # per param: its host state values (a tuple); None before its first step
 
     @property
     def steps(self) -> list:
@@ -198,7 +199,10 @@ class Optimizer:
         if not (all(map(operator.is_, values, key)) and all(map(operator.is_, grads, record.grads))
                 and all(map(operator.is_, params, record.params))) or list in map(type, values):
             return False
-        updates[1][0][1].run(record.grad_views, record.hyper, record.base[0] + record.taken + 1)
+        after = _run(updates[1][0][1], _host(self.spec, record.host[0], record.hyper), record.grad_views,
+                     record.hyper, record.base[0] + record.taken + 1)
+        if after is not None:
+            record.host = [after] * len(record.host)
         record.taken += 1
         return True
 
@@ -230,18 +234,26 @@ class Optimizer:
         # 2. Prepare every group (state for new params or slots, plans) without committing anything.
         prepared = [self._prepared(record, layout, hyper) for record, (layout, hyper, _, _) in zip(groups, work)]
         # 3. Run every group.
-        for record, (_, steps, (_, updates)), (_, hyper, _, grad_views) in zip(groups, prepared, work):
+        hosts = []  # per group, per param: the host state values after this step (None without host state)
+        for record, (_, steps, (_, updates)), (layout, hyper, _, grad_views) in zip(groups, prepared, work):
             views = record.grad_views if grad_views is None else grad_views
+            host = _host_layout(record, layout)
             if steps is None and len(updates) == 1:  # the usual case: one update, one step count
-                updates[0][1].run(views, hyper[1], record.base[0] + record.taken + 1)
+                after = _run(updates[0][1], _host(self.spec, host[0], hyper[1]), views, hyper[1],
+                             record.base[0] + record.taken + 1)
+                hosts.append([after] * len(host))
                 continue
             steps = record.steps if steps is None else steps
+            hosts.append([None] * len(host))
             for indices, update in updates:
-                update.run(views if len(updates) == 1 else [views[i] for i in indices], hyper[1],
-                           steps[indices[0]] + 1)
+                after = _run(update, _host(self.spec, host[indices[0]], hyper[1]),
+                             views if len(updates) == 1 else [views[i] for i in indices], hyper[1],
+                             steps[indices[0]] + 1)
+                for i in indices:
+                    hosts[-1][i] = after
         # 4. The step ran: remember what it checked and built.
-        for group, record, (state, steps, updates), (layout, hyper, group_grads, grad_views) in zip(
-                self.param_groups, groups, prepared, work):
+        for group, record, (state, steps, updates), (layout, hyper, group_grads, grad_views), host_after in zip(
+                self.param_groups, groups, prepared, work, hosts):
             if layout is not None:
                 record.params, record.views, record.labels, _, record.names = layout
                 if type(group["params"]) is not list:
@@ -254,6 +266,7 @@ class Optimizer:
                 record.steps = steps
             record.taken += 1
             record.state, record.updates = state, updates
+            record.host = host_after
             record.hyper_key, record.hyper, record.flags = hyper
             if grad_views is not None:
                 record.grads, record.grad_views = tuple(group_grads), grad_views
@@ -323,7 +336,10 @@ class Optimizer:
         if not rebuild:
             return state, steps, record.updates
         updates = []
-        for indices in functional.indices_by(record.steps if steps is None else steps).values():
+        keys = record.steps if steps is None else steps
+        if self.spec.host_state:  # params that differ in host state values run as separate updates, like steps
+            keys = list(zip(keys, _host_layout(record, layout)))
+        for indices in functional.indices_by(keys).values():
             subset = {name: [arrays[i] for i in indices] for name, arrays in state.items()}
             updates.append((indices, functional.FusedUpdate(self.spec, [views[i] for i in indices], subset, hyper,
                                                             self.backend)))
@@ -350,6 +366,8 @@ class Optimizer:
                         continue  # like torch: no entry until the first step
                     for name, arrays in record.state.items():
                         entry[name] = self.backend.to_numpy(arrays[i])
+                    if record.host[i] is not None:  # host state: plain floats under the oracle's names
+                        entry.update(zip((h.name for h in self.spec.host_state), record.host[i]))
                     if entry:
                         state[offset + i] = entry
                 offset += n
@@ -377,7 +395,7 @@ class Optimizer:
         if orphans:  # e.g. keys turned into strings by JSON: the state would otherwise be dropped silently
             raise ValueError(f"state_dict: state has entries {orphans[:5]} that no param group lists in 'params' "
                              f"(its params are {sorted(map(repr, listed))[:5]}...)")
-        known = {s.name for s in self.spec.slots}
+        known = {s.name for s in self.spec.slots} | {h.name for h in self.spec.host_state}
         new = []
         for index, (saved, record) in enumerate(zip(saved_groups, self._groups)):
             n = len(record.params)
@@ -389,7 +407,7 @@ class Optimizer:
                 hyper["betas"] = tuple(hyper["betas"])
             self.spec.validate(hyper)
             active = self.spec.active_slots(hyper)
-            steps, slots = [], {}
+            steps, slots, hosts = [], {}, []
             for i, key in enumerate(saved["params"]):
                 entry = saved_state.get(key, {})
                 if not isinstance(entry, dict):
@@ -410,6 +428,7 @@ class Optimizer:
                         self._checked_step(entry["step"], key)  # an older fastopt checkpoint: checked, not needed
                     step = 1 if self.spec.first_step_slot in present else 0  # torch: the buffer says it all
                 steps.append(step)
+                hosts.append(self._checked_host(entry, key, step))
                 for name in present:
                     slots.setdefault(name, [None] * n)[i] = self._checked_array(
                         entry[name], record.views[i], key, name)
@@ -417,10 +436,11 @@ class Optimizer:
                 if any(a is None for a in arrays):
                     raise ValueError(f"state_dict: slot {name!r} is saved for some params of group {index} "
                                      "but not for all")
-            new.append((hyper, steps, slots))
-        for group, record, (hyper, steps, slots) in zip(self.param_groups, self._groups, new):
+            new.append((hyper, steps, slots, hosts))
+        for group, record, (hyper, steps, slots, hosts) in zip(self.param_groups, self._groups, new):
             group.update(hyper)  # everything checked: now change things
             record.steps = steps
+            record.host = hosts
             state = {}
             for name, values in slots.items():
                 state[name] = functional.state_arrays(self.backend, record.views, 0.0)
@@ -429,6 +449,19 @@ class Optimizer:
             record.state = state
             record.updates = None
             record.hyper_key = None
+
+    def _checked_host(self, entry, key, step):
+        """This param's saved host state values (a tuple of floats), checked; None when none is saved before its
+        first step (they start from their initial values then)."""
+        names = [h.name for h in self.spec.host_state]
+        saved = [n for n in names if entry.get(n) is not None]
+        if not names or (not saved and step == 0):
+            return None
+        if len(saved) != len(names):
+            lost = [n for n in names if n not in saved]
+            raise ValueError(f"state_dict: state[{key!r}] has step {step} but no {lost}: damaged state (refusing to "
+                             "restart them from their initial values)")
+        return tuple(functional.host_float(entry[n], f"state_dict: state[{key!r}][{n!r}]") for n in names)
 
     @staticmethod
     def _checked_step(step, key) -> int:
@@ -470,7 +503,7 @@ class Optimizer:
         with self._lock:
             groups = [(r.where, r.params, r.names, r.labels, r.state, r.steps) for r in self._groups]
             return {"defaults": self.defaults, "requested": self._requested_backend, "param_groups": self.param_groups,
-                    "backend": self.backend.name, "groups": groups}
+                    "backend": self.backend.name, "groups": groups, "host": [list(r.host) for r in self._groups]}
 
     def __setstate__(self, saved):
         self.defaults = saved["defaults"]
@@ -490,11 +523,34 @@ class Optimizer:
                 for target, source in zip(record.state[name], arrays):
                     target[...] = source
             self._groups.append(record)
+        for record, host in zip(self._groups, saved.get("host", ())):  # host state values, per param
+            record.host = list(host)
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
         backend = self.backend.name if self.backend else None
         return f"{type(self).__name__}({hyper}, backend={backend!r}, groups={len(self.param_groups)})"
+
+
+def _host(spec, values, hyper):
+    """A param's host state values before this step: its saved ones, or before its first step the initial ones (taken
+    with this step's hyperparameters, as torch initialises state at the first step). None without host state."""
+    if values is not None or spec.advance is None:
+        return values
+    return tuple(float(h.init(hyper)) for h in spec.host_state)
+
+
+def _run(update, host, *args):
+    """update.run(*args), given the host state values when the spec keeps some; returns those after the step."""
+    return update.run(*args) if host is None else update.run(*args, host=host)
+
+
+def _host_layout(record, layout) -> list:
+    """record.host for the params of `layout` (None: unchanged): carried over by identity, None for a new param."""
+    if layout is None:
+        return record.host
+    old = {id(p): i for i, p in enumerate(record.params)}
+    return [None if j is None else record.host[j] for j in (old.get(id(p)) for p in layout[0])]
 
 
 def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):

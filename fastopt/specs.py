@@ -90,6 +90,26 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class HostScalar:
+    """A per-param float kept on the host between steps, for state that is not a function of (hyper, step) alone
+    (torch's 0-d state tensors: NAdam's `mu_product`, ASGD's `eta` and `mu`). `name` is the oracle's state name (the
+    state_dict entry); `init(hyper)` is its value before the first step, taken with that step's hyperparameters."""
+    name: str
+    init: Callable[[dict], float] = _zero
+
+
+def replay_scalars(hyper: dict, step: int, host_state: tuple[HostScalar, ...], advance: Callable) -> tuple:
+    """The kernel scalars of step `step` for a spec with host state, had these hyperparameters held since step 1
+    (host values from `init`, advanced once per step). What such a spec gives as its `scalars`, so code that knows
+    only (hyper, step), such as a test replaying a run with fixed hyperparameters, still gets the right numbers;
+    the classes and the functional API carry the real values instead."""
+    host = tuple(h.init(hyper) for h in host_state)
+    for earlier in range(1, step):
+        host = advance(hyper, earlier, host)[1]
+    return advance(hyper, step, host)[0]
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     name: str                                   # the functional name, e.g. "adam"
     class_name: str                             # the public class, e.g. "Adam"
@@ -104,6 +124,12 @@ class OptimizerSpec:
     # torch's SGD keeps no step count: its first step is the one that creates the momentum buffer. For such a spec
     # `first_step_slot` names that slot; the step passed to `scalars` is then 1 exactly when the slot is new.
     first_step_slot: str | None = None
+    # Host scalar state (see HostScalar), with `advance(hyper, step, host) -> (scalars, host after)`: a pure function
+    # from this param's host values before step `step` (a tuple, in host_state order) to the kernel scalars and the
+    # values after it. The layers above keep the values per param and store them only once the step has run, so a
+    # failed step leaves them as they were. Such a spec's `scalars` is usually `replay_scalars` over the same two.
+    host_state: tuple[HostScalar, ...] = ()
+    advance: Callable[[dict, int, tuple], tuple] | None = None
 
     @property
     def counts_steps(self) -> bool:
@@ -167,6 +193,8 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
         raise ValueError(f"an optimizer named {spec.name!r} is already registered")
     if len(spec.scalar_names) == 0:
         raise ValueError(f"{spec.name}: declare at least one scalar (it carries the compute dtype to the kernels)")
+    if bool(spec.host_state) != (spec.advance is not None) or (spec.host_state and not spec.counts_steps):
+        raise ValueError(f"{spec.name}: host_state and advance come together, with a step count")
     SPECS[spec.name] = spec
     return spec
 
