@@ -363,22 +363,32 @@ class ShardedOptimizer:
         local = self._local_state()
         # which slots exist, in which dtype: reported by the ranks holding pieces (rank 0 holds a piece of every
         # bucket that has elements); a group's buckets share its slots, as in a plain optimizer
+        # host scalars (e.g. NAdam's mu_product): every piece of a param holds the same value; sent as
+        # {member: {name: value}} by the ranks holding a piece of it
+        host_names = [h.name for h in getattr(self.spec, "host_state", ())]
         mine = {}
         for k, bucket in enumerate(self._local):
-            names = {name for p in range(len(bucket.pieces)) for name in local[(k, p)]}
-            dtypes = {str(a.dtype) for p in range(len(bucket.pieces)) for a in local[(k, p)].values()}
-            mine[self.buckets.index(bucket)] = (sorted(names), sorted(dtypes))
+            names = {name for p in range(len(bucket.pieces)) for name in local[(k, p)] if name not in host_names}
+            dtypes = {str(a.dtype) for p in range(len(bucket.pieces)) for name, a in local[(k, p)].items()
+                      if name not in host_names}
+            host = {i: {name: float(local[(k, p)][name]) for name in host_names if name in local[(k, p)]}
+                    for p, (i, _, _) in enumerate(bucket.pieces)}
+            mine[self.buckets.index(bucket)] = (sorted(names), sorted(dtypes), host)
         reports = self.engine.exchange(mine)
         order = [s.name for s in self.spec.slots]
         group_slots = [set() for _ in self.param_groups]
         for report in reports:
-            for b, (names, _) in report.items():
+            for b, (names, _, _) in report.items():
                 group_slots[self.buckets[b].group].update(names)
         first_index = numpy.cumsum([0] + [len(a) for a in self._arrays])
         state = {}
         for b, bucket in enumerate(self.buckets):
             names = sorted(group_slots[bucket.group], key=order.index)
-            dtypes = {d for report in reports for d in report.get(b, ((), ()))[1]}
+            dtypes = {d for report in reports for d in report.get(b, ((), (), {}))[1]}
+            host = {}
+            for report in reports:
+                for i, values in report.get(b, ((), (), {}))[2].items():
+                    host.setdefault(i, values)
             dtype = numpy.dtype(dtypes.pop()) if len(dtypes) == 1 else self._state_dtype(bucket)
             k = self._local.index(bucket) if bucket in self._local else None
             gathered = {}
@@ -391,13 +401,15 @@ class ShardedOptimizer:
                 if bucket.block:
                     self.engine.all_gather(full)
                 gathered[name] = full.get() if hasattr(full, "get") else full
-            for i, start, size, shape in zip(bucket.members, bucket.offsets, bucket.sizes, bucket.shapes):
+            for j, (i, start, size, shape) in enumerate(zip(bucket.members, bucket.offsets, bucket.sizes,
+                                                             bucket.shapes)):
                 step = self._steps[bucket.group][i]
                 if step == 0 and not names:
                     continue  # like torch: no entry before the first step
                 entry = {"step": step} if self._counts_steps else {}  # torch's SGD keeps no step
                 for name in names:
                     entry[name] = gathered[name][start:start + size].reshape(shape).copy()
+                entry.update(host.get(j, {}))
                 if entry:
                     state[int(first_index[bucket.group]) + i] = entry
         groups = []
@@ -417,8 +429,8 @@ class ShardedOptimizer:
         shard of it. Checks everything on every rank first; collective."""
         error = None
         try:
-            hypers, steps, slots = self._checked_state(state_dict)
-            inner = self._inner_state(hypers, steps, slots)
+            hypers, steps, slots, host = self._checked_state(state_dict)
+            inner = self._inner_state(hypers, steps, slots, host)
         except (TypeError, ValueError) as caught:
             error = caught
         self._agree(error)
@@ -440,7 +452,8 @@ class ShardedOptimizer:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict: has {len(saved_groups)} param groups, this optimizer "
                              f"{len(self.param_groups)}")
-        hypers, steps, slots = [], [], []
+        hypers, steps, slots, host = [], [], [], []
+        host_names = [h.name for h in getattr(self.spec, "host_state", ())]
         for g, (saved, arrays) in enumerate(zip(saved_groups, self._arrays)):
             keys = list(saved.get("params", ()))
             if len(keys) != len(arrays):
@@ -450,7 +463,7 @@ class ShardedOptimizer:
             if isinstance(hyper.get("betas"), list):
                 hyper["betas"] = tuple(hyper["betas"])
             self.spec.validate(hyper)
-            group_steps, group_slots = [], {}
+            group_steps, group_slots, group_host = [], {}, []
             for i, key in enumerate(keys):
                 entry = state.get(key, {})
                 if not isinstance(entry, dict):
@@ -460,6 +473,8 @@ class ShardedOptimizer:
                 if not self._counts_steps:  # the first step is the one that creates this slot (torch's SGD)
                     step = max(step, int(entry.get(first_slot) is not None))
                 group_steps.append(step)
+                # host scalars travel as they are: the inner optimizer's load_state_dict checks them
+                group_host.append({name: entry[name] for name in host_names if name in entry})
                 for slot in self.spec.slots:
                     if slot.name in entry:
                         value = numpy.asarray(entry[slot.name])
@@ -477,9 +492,10 @@ class ShardedOptimizer:
             hypers.append(hyper)
             steps.append(group_steps)
             slots.append(group_slots)
-        return hypers, steps, slots
+            host.append(group_host)
+        return hypers, steps, slots, host
 
-    def _inner_state(self, hypers, steps, slots) -> dict:
+    def _inner_state(self, hypers, steps, slots, host) -> dict:
         """The local optimizer's state dict: each piece's step and its slice of every saved slot."""
         state, groups, key = {}, [], 0
         for bucket in self._local:
@@ -491,6 +507,7 @@ class ShardedOptimizer:
                 entry = {"step": steps[g][member]}
                 for name, values in slots[g].items():
                     entry[name] = values[member].reshape(-1)[lo:hi]
+                entry.update(host[g][member])
                 if entry["step"] or len(entry) > 1:
                     state[key] = entry
                 keys.append(key)
