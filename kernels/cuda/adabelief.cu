@@ -1,0 +1,30 @@
+// fastopt: AdaBelief (optax.adabelief), the kernel family "adabelief"; the arithmetic of
+// fastopt.optimizers.adabelief.reference, operation for operation. Slots: exp_avg, exp_avg_var. Scalars: lr,
+// grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, eps_root, bias_correction1,
+// bias_correction2, bias_correction1_next (1 - beta ** step, and 1 - beta1 ** (step + 1) for Nesterov). Flag:
+// NESTEROV. The bias corrections are applied as products with their reciprocals rounded in C, as XLA compiles
+// optax's divisions.
+#include "common.cuh"
+
+template <typename C, bool NESTEROV>
+struct fo_adabelief_op {
+    FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
+    static constexpr unsigned ACTIVE = 3u;
+
+    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
+        const C d = g * grad_sign;
+        s[0] = one_minus_beta1 * d + beta1 * s[0];
+        const C e = d - s[0];
+        s[1] = (one_minus_beta2 * (e * e) + beta2 * s[1]) + eps_root;
+        C m_hat;
+        if (NESTEROV) {
+            m_hat = beta1 * (s[0] * (C(1) / bias_correction1_next))
+                    + one_minus_beta1 * (d * (C(1) / bias_correction1));
+        } else {
+            m_hat = s[0] * (C(1) / bias_correction1);
+        }
+        C u = m_hat / (fo_sqrt(s[1] * (C(1) / bias_correction2)) + eps);
+        if (weight_decay != C(0)) u = u + weight_decay * p;
+        p = p + (-lr) * u;
+    }
+};
