@@ -23,7 +23,9 @@ CONFIGS = {
     "adabelief": {"default": {}, "nesterov_wd": {"nesterov": True, "weight_decay": 0.01},
                   "tiny_eps": {"lr": 1e-5, "eps": "tiny", "eps_root": 0.0}},
     "yogi": {"default": {}, "wd_init": {"weight_decay": 0.01, "initial_accumulator_value": 0.5},
-             "tiny_eps": {"lr": 1e-5, "eps": "tiny", "maximize": True}},
+             "tiny_eps": {"lr": 1e-5, "eps": "tiny", "maximize": True},
+             # zero initial state: where the draw's gradient is 0, exp_avg_sq stays 0 and the step divides by eps alone
+             "no_init": {"initial_accumulator_value": 0.0}},
 }
 # What the reference runs must report across an optimizer's configurations, so that agreement means something: Lion
 # and Signum square nothing (their state is an average of gradients, their step lr * sign), so at these magnitudes
