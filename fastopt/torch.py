@@ -123,11 +123,13 @@ def _like(param: torch.Tensor, value: torch.Tensor, dtype) -> torch.Tensor:
 class _Run:
     """One FusedUpdate over the params of a group that share a device and a step count."""
 
-    def __init__(self, update, positions, backend, step, counter, keep):
+    def __init__(self, update, positions, backend, step, counter, keep, host=None, host_tensors=()):
         self.update, self.positions, self.backend = update, positions, backend
         self.step = step          # steps taken so far
         self.counter = counter    # the tensor every param's state["step"] views (None for SGD)
         self.keep = keep          # every tensor whose memory the plan's address tables point into
+        self.host = host          # host state values shared by the run's params (a tuple), None without host state
+        self.host_tensors = host_tensors   # per host scalar, the tensor each param's state[name] views
 
 
 class _Plan:
@@ -164,10 +166,16 @@ class _Plan:
             run_grads = views if single else [views[i] for i in run.positions]
             step = run.step + 1
             if run.backend.name == "cuda":
-                _run_on_torch_stream(run, run_grads, hyper, step)
+                after = _run_on_torch_stream(run, run_grads, hyper, step)
+            elif run.host is None:
+                after = run.update.run(run_grads, hyper, step)
             else:
-                run.update.run(run_grads, hyper, step)
+                after = run.update.run(run_grads, hyper, step, host=run.host)
             run.step = step
+            if after is not None:   # host state: the values after the step, into torch's 0-d state tensors
+                run.host = after
+                for tensor, value in zip(run.host_tensors, after):
+                    tensor.fill_(value)
             if run.counter is not None:
                 run.counter += 1
 
@@ -320,6 +328,8 @@ class Optimizer(torch.optim.Optimizer):
                              f"{len(self.param_groups)}")
         fmt = self._format()
         allowed = {s.name for s in self.spec.slots} | ({"step"} if fmt["has_step"] else set())
+        host_names = {h.name for h in self.spec.host_state}
+        allowed |= host_names
         class_defaults = {**self.spec.defaults, **self.default_overrides}
         for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
             where = f"state_dict['param_groups'][{g}]"
@@ -347,6 +357,13 @@ class Optimizer(torch.optim.Optimizer):
                 step = _checked_step(entry["step"], f"{at}['step']") if "step" in entry else 0
                 for name in allowed - {"step"}:
                     value = entry.get(name)
+                    if name in host_names:   # a number or 0-d tensor; needed once steps were taken
+                        if value is None and step > 0:
+                            raise ValueError(f"{at}: {name!r} is missing but step is {step}; the state is "
+                                             "incomplete")
+                        if value is not None:
+                            functional.host_float(value, f"{at}[{name!r}]")
+                        continue
                     if value is None:
                         if name in active and step > 0:
                             raise ValueError(f"{at}: {name!r} is missing but step is {step}; the state is "
@@ -413,9 +430,26 @@ class Optimizer(torch.optim.Optimizer):
         for slot in self.spec.active_slots(hyper):
             state[slot.name] = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p),
                                                memory_format=torch.preserve_format)
+        for h in self.spec.host_state:  # torch's 0-d scalar state (NAdam's mu_product, ASGD's eta and mu)
+            state[h.name] = torch.tensor(float(h.init(hyper)), dtype=_step_dtype())
         if state:  # like torch: SGD without momentum keeps no state at all
             self.state[p] = state
         return state
+
+    def _host_values(self, p, state, hyper, step, label):
+        """The param's host state values (a tuple of floats, checked) from its 0-d state tensors; None without host
+        state. A missing value is its initial one before the first step, and damaged state after it."""
+        if not self.spec.host_state:
+            return None
+        values = []
+        for h in self.spec.host_state:
+            value = state.get(h.name)
+            if value is None:
+                if step > 0:
+                    raise ValueError(f"state of {label}: {h.name!r} is missing but step is {step}")
+                value = h.init(hyper)
+            values.append(functional.host_float(value, f"state of {label}: {h.name!r}"))
+        return tuple(values)
 
     @staticmethod
     def _state_dtype(p):
@@ -428,7 +462,7 @@ class Optimizer(torch.optim.Optimizer):
         active = self.spec.active_slots(hyper)
         position = {id(p): i for i, p in enumerate(self.param_groups[index]["params"])}
         labels = [f"param_groups[{index}]['params'][{position[id(p)]}]" for p in params]
-        steps, views = [], []
+        steps, views, hosts = [], [], []
         for p, label in zip(params, labels):
             self._check_param(p, label)
             created = not self.state.get(p)
@@ -447,9 +481,11 @@ class Optimizer(torch.optim.Optimizer):
                 state[slot.name] = _like(p, value, self._state_dtype(p))  # torch's load casts; the kernel can't
             # torch's SGD stores no step: its first step is the one that creates the momentum buffer.
             steps.append(step_value if fmt["has_step"] else 0 if created else 1)
+            hosts.append(self._host_values(p, state, hyper, step_value, label))
             views.append([_flat(p.detach())] + [_flat(state[s.name].detach()) for s in active])
         runs = []
-        for (device, step), positions in functional.indices_by((p.device, s) for p, s in zip(params, steps)).items():
+        for (device, step, host), positions in functional.indices_by(
+                (p.device, s, h) for p, s, h in zip(params, steps, hosts)).items():
             tensors = [views[i] for i in positions]
             arrays = [[t.numpy() if device.type == "cpu" else t for t in row] for row in tensors]
             backend = dispatch.choose_backend([row[0] for row in arrays], self._requested_backend)
@@ -471,7 +507,14 @@ class Optimizer(torch.optim.Optimizer):
                 counter = torch.full((len(positions),), float(step), dtype=_step_dtype())
                 for k, i in enumerate(positions):
                     self.state[params[i]]["step"] = counter[k]
-            runs.append(_Run(update, positions, backend, step, counter, keep=(tensors, arrays)))
+            host_tensors = []
+            for k, h in enumerate(self.spec.host_state):
+                # as for step: one tensor per run, each param's state[name] a 0-d view of it
+                host_tensors.append(torch.tensor([host[k]] * len(positions), dtype=_step_dtype()))
+                for j, i in enumerate(positions):
+                    self.state[params[i]][h.name] = host_tensors[-1][j]
+            runs.append(_Run(update, positions, backend, step, counter, keep=(tensors, arrays), host=host,
+                             host_tensors=tuple(host_tensors)))
         return _Plan(params, self.state, self.spec.flags(hyper), runs, [p.is_contiguous() for p in params])
 
 
@@ -487,7 +530,9 @@ def _torch_stream(device):
 def _run_on_torch_stream(run, grads, hyper, step):
     device = grads[0].device if grads else torch.device("cuda")
     with _torch_stream(device):
-        run.update.run(grads, hyper, step)
+        if run.host is None:
+            return run.update.run(grads, hyper, step)
+        return run.update.run(grads, hyper, step, host=run.host)
 
 
 # ---- the classes, one per spec and shorthand -----------------------------------------------------------------------
@@ -557,15 +602,19 @@ def to_torch_state_dict(state_dict: dict, optimizer) -> dict:
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(f"state_dict: has {len(groups)} param groups, optimizer {len(optimizer.param_groups)}")
     slots = {s.name for s in spec.slots}
+    host_names = {h.name for h in spec.host_state}
     new_state = {}
     for key, entry in state.items():
-        unknown = set(entry) - slots - {"step"}
+        unknown = set(entry) - slots - host_names - {"step"}
         if unknown:
             raise ValueError(f"state_dict['state'][{key!r}]: {sorted(unknown)} are not state of {class_name}")
         step = _checked_step(entry.get("step", 0), f"state_dict['state'][{key!r}]['step']")
         converted = {}
         for name, value in entry.items():
-            if name in slots and value is not None:
+            if name in host_names and value is not None:   # a float: torch's 0-d scalar state tensor
+                converted[name] = torch.tensor(functional.host_float(value, f"state_dict['state'][{key!r}]"
+                                                                           f"[{name!r}]"), dtype=_step_dtype())
+            elif name in slots and value is not None:
                 array = np.asarray(value)
                 if array.dtype.kind != "f":
                     raise TypeError(f"state_dict['state'][{key!r}][{name!r}]: expected a floating-point array, "
@@ -616,15 +665,19 @@ def from_torch_state_dict(state_dict: dict, optimizer) -> dict:
             group["param_names"] = list(saved["param_names"])
         new_groups.append(group)
     slots = {s.name for s in spec.slots}
+    host_names = {h.name for h in spec.host_state}
     new_state = {}
     for key, entry in state.items():
         at = f"state_dict['state'][{key!r}]"
-        unknown = set(entry) - slots - {"step"}
+        unknown = set(entry) - slots - host_names - {"step"}
         if unknown:
             raise ValueError(f"{at}: {sorted(unknown)} are not state of {spec.class_name}")
         converted = {}
         for name, value in entry.items():
             if name == "step" or value is None:
+                continue
+            if name in host_names:   # torch's 0-d scalar state: a plain float
+                converted[name] = functional.host_float(value, f"{at}[{name!r}]")
                 continue
             tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
             if not tensor.is_floating_point():
