@@ -38,8 +38,9 @@ def info() -> int:
     if fastopt.available_backends()["cpu"] is None:
         import numba
 
-        lines.append(f"numba threads {numba.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
-                     f"layer {numba.config.THREADING_LAYER}), cache dir {numba.config.CACHE_DIR or 'next to kernels'}")
+        layer = fastopt.threads.start()  # as the cpu backend starts it (idle threads sleep), not numba's default
+        lines.append(f"numba threads {fastopt.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
+                     f"layer {layer}), cache dir {numba.config.CACHE_DIR or 'next to kernels'}")
     lines.append(f"FASTOPT_BACKEND={os.environ.get('FASTOPT_BACKEND', '')!r}")
     lines.append("backends:")
     for name, reason in fastopt.available_backends().items():
