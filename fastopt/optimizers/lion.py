@@ -10,7 +10,7 @@ maximize (not in optax: follows the negated gradient). State: exp_avg (optax's m
 optax's mu_dtype and mask are not offered (the state has the param's dtype; use param groups for masks).
 
 lion-pytorch's Lion (the second oracle) computes the same step with the decay applied first,
-p * (1 - lr * weight_decay) - lr * sign(c), which rounds differently (tests/test_lion_pytorch.py).
+p * (1 - lr * weight_decay) - lr * sign(c), which rounds differently (tests/test_lion_pytorch_golden.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ register_record(Record(
     },
     # No extreme-magnitude files: XLA on CPU flushes subnormal results to zero (measured: float32 1e-38 * 0.1 gives
     # 0), so at make_golden's small magnitudes optax's sign(c) is 0 where IEEE arithmetic gives +-1. The overflow
-    # magnitudes alone would be a fair comparison (see fastopt/optimizers/_optax.py).
+    # magnitudes alone would be a fair comparison (fastopt/optimizers/_optax.py).
     oracle=oracle(_build, _state_of),
     bench=(BenchCase("lion", "Lion", {"lr": 1e-4}, torch_fused=False),),
     convergence=(ConvergenceEntry("Lion", "Lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
