@@ -20,6 +20,7 @@ import threading
 from typing import ClassVar
 
 from fastopt import dispatch, functional
+from fastopt.modes import MODE_SWITCHES, ModeSwitched
 from fastopt.specs import SHORTHANDS, SPECS, OptimizerSpec
 
 _MAX_STEP = 2 ** 53  # steps beyond this are not exact in float64 (the scalars' arithmetic): refused on load
@@ -583,7 +584,9 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
            f"State per param: {'step, ' if spec.counts_steps else ''}"
            f"{', '.join(s.name for s in spec.slots)} (each only when used).")
     __init__.__doc__ = doc
-    return type(class_name, (Optimizer,), {"spec": spec, "default_overrides": overrides, "__doc__": doc,
+    # An optimizer with a mode switch (fastopt.modes, e.g. schedule-free) also gets train() and eval().
+    bases = (ModeSwitched, Optimizer) if spec.name in MODE_SWITCHES else (Optimizer,)
+    return type(class_name, bases, {"spec": spec, "default_overrides": overrides, "__doc__": doc,
                                            "__init__": __init__, "__module__": __name__})
 
 
