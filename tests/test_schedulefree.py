@@ -18,6 +18,11 @@ import numpy as np
 import pytest
 from tolerances import golden_mismatch
 
+try:
+    from test_cuda_host import fake_cupy  # the stand-in for CuPy, a fixture
+except BaseException:  # noqa: BLE001 - test_cuda_host skips itself where g++ is missing
+    fake_cupy = None
+
 import fastopt
 from fastopt import cuda_build, reference
 from fastopt.specs import SPECS
@@ -260,3 +265,32 @@ def test_a_new_group_takes_the_current_mode():
     assert opt.param_groups[1]["train_mode"] is False
     opt.train()
     assert [g["train_mode"] for g in opt.param_groups] == [True, True]
+
+
+# ---- the cuda backend's plans for the step and the switch, through test_cuda_host's stand-in for CuPy ----------------
+
+def test_cuda_plan_runs_the_switch_through_the_cupy_stand_in(request):
+    """The cuda backend's plan with every slot inactive and z in the grads' place (what train()/eval() launch)."""
+    if cuda_build.find_cxx() is None:
+        pytest.skip("no C++ compiler for the host build")
+    from test_cuda_host import _FakeArray
+
+    from fastopt.backends.cuda import BACKEND
+    from fastopt.modes import MODE_SWITCHES
+
+    fake = request.getfixturevalue("fake_cupy")
+    spec, switch = SPECS["schedulefree_adamw"], MODE_SWITCHES["schedulefree_adamw"]
+    hyper = spec.normalize(spec.defaults)
+    rng = np.random.default_rng(5)
+    sizes = (3, 0, 4097, 1, 20000)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    zs = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    gpu = [_FakeArray(p.copy()) for p in params]
+    plan = BACKEND.prepare(spec, gpu, {s.name: None for s in spec.slots}, switch.flags(hyper))
+    for to in (False, True):
+        plan.run([_FakeArray(z.copy()) for z in zs], switch.scalars(hyper, to))
+        for p, z in zip(params, zs):
+            reference.function(spec.kernel)(p, z, None, None, *switch.scalars(hyper, to), *switch.flags(hyper))
+    assert len(fake.launches) == 2                                   # one launch per switch for the whole group
+    for a, b in zip(gpu, params):
+        np.testing.assert_array_equal(a.a, b)
