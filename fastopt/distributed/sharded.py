@@ -39,6 +39,7 @@ import operator
 import numpy
 
 from fastopt.distributed.engines import Engine, array_module, as_engine
+from fastopt.modes import MODE_SWITCHES
 
 ALIGN_BYTES = 16  # a shard starts on a 16-byte boundary: vector loads stay aligned on every rank
 
@@ -171,6 +172,10 @@ class ShardedOptimizer:
             if names is not None:
                 new["param_names"] = names
             self.param_groups.append(new)
+        self._switch = MODE_SWITCHES.get(spec.name)   # train()/eval() (fastopt.modes), e.g. schedule-free
+        if self._switch is not None:
+            for group in self.param_groups:
+                group[self._switch.key] = True
         kinds = {type(a) for g in self.param_groups for a in g["params"]}
         known = [k for k in kinds if k.__module__.split(".")[0] in ("numpy", "cupy")]
         if len(known) < len(kinds):  # the buckets are NumPy or CuPy arrays (torch: pass CuPy/NumPy views)
@@ -254,6 +259,7 @@ class ShardedOptimizer:
         """One step on the mean of every rank's `grads` (same structure as params). Collective."""
         error = None
         try:
+            self._check_mode()
             per_group = self._check_grads(grads)
         except (TypeError, ValueError) as caught:
             error = caught
@@ -285,6 +291,40 @@ class ShardedOptimizer:
                 self.engine.all_gather(bucket.params)
         for g, steps in enumerate(self._steps):
             self._steps[g] = [s + 1 for s in steps]
+        self._copy_back()
+
+    def _check_mode(self):
+        if self._switch is not None and not all(g[self._switch.key] for g in self.param_groups):
+            raise ValueError(f"the optimizer is in eval mode ({self._switch.key}=False): call train() before step()")
+
+    def train(self):
+        """Collective: every param that has state moves to the point step() runs at (fastopt.modes)."""
+        self._set_mode(True)
+        return self
+
+    def eval(self):
+        """Collective: every param that has state moves to the point to evaluate and save (fastopt.modes)."""
+        self._set_mode(False)
+        return self
+
+    def _set_mode(self, to: bool) -> None:
+        # each rank moves its own shard (params and the switch's slot are sharded alike), then the params are gathered
+        if self._switch is None:
+            raise TypeError(f"{self.optimizer_class.__name__} has no train()/eval()")
+        error = None
+        try:
+            if self.local_optimizer is not None:
+                for inner, bucket in zip(self.local_optimizer.param_groups, self._local):
+                    inner.update(self._hyper(self.param_groups[bucket.group]))
+                self.local_optimizer._set_mode(to)
+        except (TypeError, ValueError) as caught:
+            error = caught
+        self._agree(error, self._fingerprint())
+        for bucket in self.buckets:
+            if bucket.block:
+                self.engine.all_gather(bucket.params)
+        for group in self.param_groups:
+            group[self._switch.key] = to
         self._copy_back()
 
     def _copy_back(self):
@@ -375,6 +415,13 @@ class ShardedOptimizer:
                     for p, (i, _, _) in enumerate(bucket.pieces)}
             mine[self.buckets.index(bucket)] = (sorted(names), sorted(dtypes), host)
         reports = self.engine.exchange(mine)
+        host_of, host_by_step = {}, {}  # (bucket, member position) -> values; (group, step) -> values
+        for report in reports:
+            for b, (_, _, host) in report.items():
+                for j, values in host.items():
+                    host_of.setdefault((b, j), values)
+                    host_by_step.setdefault((self.buckets[b].group, self._steps[self.buckets[b].group]
+                                             [self.buckets[b].members[j]]), values)
         order = [s.name for s in self.spec.slots]
         group_slots = [set() for _ in self.param_groups]
         for report in reports:
@@ -385,10 +432,6 @@ class ShardedOptimizer:
         for b, bucket in enumerate(self.buckets):
             names = sorted(group_slots[bucket.group], key=order.index)
             dtypes = {d for report in reports for d in report.get(b, ((), (), {}))[1]}
-            host = {}
-            for report in reports:
-                for i, values in report.get(b, ((), (), {}))[2].items():
-                    host.setdefault(i, values)
             dtype = numpy.dtype(dtypes.pop()) if len(dtypes) == 1 else self._state_dtype(bucket)
             k = self._local.index(bucket) if bucket in self._local else None
             gathered = {}
@@ -409,7 +452,9 @@ class ShardedOptimizer:
                 entry = {"step": step} if self._counts_steps else {}  # torch's SGD keeps no step
                 for name in names:
                     entry[name] = gathered[name][start:start + size].reshape(shape).copy()
-                entry.update(host.get(j, {}))
+                # an empty param has no piece on any rank: its values are those of its group's params at its step
+                # (they step together)
+                entry.update(host_of.get((b, j)) or host_by_step.get((bucket.group, step), {}))
                 if entry:
                     state[int(first_index[bucket.group]) + i] = entry
         groups = []
@@ -443,6 +488,14 @@ class ShardedOptimizer:
         self._agree(error)
         for group, hyper in zip(self.param_groups, hypers):
             group.update(hyper)
+        if self._switch is not None:
+            key = self._switch.key
+            for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+                if isinstance(saved.get(key), bool):
+                    group[key] = saved[key]
+            if self.local_optimizer is not None:
+                for inner, bucket in zip(self.local_optimizer.param_groups, self._local):
+                    inner[key] = self.param_groups[bucket.group][key]
         self._steps = steps
 
     def _checked_state(self, state_dict):
