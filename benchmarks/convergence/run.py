@@ -82,6 +82,8 @@ def train(entry, params0, x_train, y_train, schedule, backend=None, warmup=True)
         step_times[i] = time.perf_counter() - ts
     _sync(xp)
     wall_s = time.perf_counter() - t0
+    if hasattr(opt, "eval"):  # schedule-free: loss and accuracy at the averaged point, as its authors evaluate
+        opt.eval()
     return params, to_numpy(losses), wall_s, step_times
 
 
