@@ -91,7 +91,10 @@ def _max_gap(reference, losses):
     """The largest relative difference between two loss curves ('' without a reference; 0.0: bit-identical)."""
     if reference is None or reference is losses:
         return ""
-    return float(np.max(np.abs(losses - reference) / np.abs(reference)))
+    diff, scale = np.abs(losses - reference), np.abs(reference)
+    # a mini-batch loss of exactly 0 (Lion, AdEMAMix): equal values differ by 0, not by 0/0
+    gap = np.divide(diff, scale, out=np.where(diff == 0, 0.0, np.inf), where=scale != 0)
+    return float(np.max(gap))
 
 
 def smooth(values, window=25):
