@@ -259,9 +259,11 @@ class FusedUpdate:
             plan = backend.prepare(spec, [params[i] for i in indices], slots, self.flags)
             self.plans.append((None if len(by_dtype) == 1 else indices, plan))
 
-    def run(self, grads, hyper: dict, step: int, host=None):
-        """One step. A spec with host state needs `host`, the values before this step that every param of this
-        update shares; returns those after it (the caller stores them), else None."""
+    def run(self, grads, hyper: dict, step: int, grad_scale=None, grad_factor=None, host=None):
+        """One step. `grad_scale` (AMP) divides and `grad_factor` (clipping) multiplies the gradients inside the
+        fused update (the gradient arrays are left as they are); None: not applied. A spec with host state needs
+        `host`, the values before this step that every param of this update shares; returns those after it (the
+        caller stores them), else None."""
         if self.spec.advance is None:
             scalars, after = self.spec.scalars(hyper, step), None
         elif host is None:
@@ -269,9 +271,23 @@ class FusedUpdate:
                             "FusedUpdate.run needs host=")
         else:
             scalars, after = self.spec.advance(hyper, step, host)
+        if grad_scale is None and grad_factor is None:
+            for indices, plan in self.plans:
+                plan.run(grads if indices is None else [grads[i] for i in indices], scalars)
+            return after
         for indices, plan in self.plans:
-            plan.run(grads if indices is None else [grads[i] for i in indices], scalars)
+            plan.run(grads if indices is None else [grads[i] for i in indices], scalars, grad_scale, grad_factor)
         return after
+
+    def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
+        """Per gradient, in the order of `grads`, the reduction `op` (fastopt.reference.REDUCTIONS) of the gradient
+        as the update sees it (divided by grad_scale when given): one multi-tensor pass per dtype."""
+        values: list = [None] * len(grads)
+        for indices, plan in self.plans:
+            part = plan.reduce_grads(grads if indices is None else [grads[i] for i in indices], op, power, grad_scale)
+            for k, v in enumerate(part):
+                values[k if indices is None else indices[k]] = v
+        return values
 
 
 class _Prepared:

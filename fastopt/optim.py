@@ -19,7 +19,7 @@ import operator
 import threading
 from typing import ClassVar
 
-from fastopt import dispatch, functional
+from fastopt import clip, dispatch, functional, reference
 from fastopt.modes import MODE_SWITCHES, ModeSwitched
 from fastopt.specs import SHORTHANDS, SPECS, OptimizerSpec
 
@@ -89,8 +89,14 @@ class Optimizer:
 
     spec: ClassVar[OptimizerSpec]
     default_overrides: ClassVar[dict] = {}
+    max_grad_norm: float | None = None    # gradient clipping (constructor argument), None: off
+    norm_type: float = 2.0
+    last_step_skipped: bool = False       # True after a step AMP skipped (inf or NaN gradients, or found_inf)
 
-    def __init__(self, params, backend=None, **hyperparameters):
+    def __init__(self, params, backend=None, max_grad_norm=None, norm_type=2.0, **hyperparameters):
+        # Gradient clipping by the total norm over every group, folded into the update (fastopt.clip).
+        self.max_grad_norm = None if max_grad_norm is None else clip.max_norm_value(max_grad_norm, "max_grad_norm")
+        self.norm_type = clip.norm_type_value(norm_type)
         self.defaults = {**self.spec.defaults, **self.default_overrides, **hyperparameters}
         self.spec.validate(self.defaults)
         self._requested_backend = backend
@@ -172,15 +178,27 @@ class Optimizer:
             raise ValueError(f"{where}: names differ from params' (missing {missing}, unexpected {extra})")
         return [grads[n] for n in names]
 
-    def step(self, grads) -> None:
+    def step(self, grads, grad_scale=None, found_inf=None) -> None:
         """Update every param in place from `grads` (same structure as params). Checks everything first.
 
         A training loop that passes the very grad arrays of the previous step (refilled in place) skips the per-array
         checks and conversions: they were done on those objects, and the optimizer holds them, so they cannot be
         freed or resized meanwhile. Calls from several threads run one at a time.
+
+        AMP, as torch's fused optimizers: with `grad_scale` (a number or one-element array) the update sees each
+        gradient divided by it (the gradient arrays are left as they are); when `found_inf` is non-zero, or, not
+        given, when any gradient holds inf or NaN (found by a fused pass over the gradients), the whole step is
+        skipped: params, state and step counts stay as they were. With `max_grad_norm` (constructor), the gradients
+        are clipped by their total `norm_type`-norm over every group (torch.nn.utils.clip_grad_norm_'s coefficient,
+        of the unscaled gradients), folded into the update: one pass over the gradients for the norm, then the
+        update; the gradient arrays are not written.
         """
+        transform = grad_scale is not None or found_inf is not None or self.max_grad_norm is not None
         with self._lock:
-            if not self._repeat_step(grads):
+            self.last_step_skipped = False   # True after a step AMP skipped (read by fastopt.GradScaler)
+            if transform:
+                self._step(grads, (_scalar_arg(grad_scale, "grad_scale"), _scalar_arg(found_inf, "found_inf")))
+            elif not self._repeat_step(grads):
                 self._step(grads)
 
     def _repeat_step(self, grads) -> bool:
@@ -207,7 +225,7 @@ class Optimizer:
         record.taken += 1
         return True
 
-    def _step(self, grads) -> None:
+    def _step(self, grads, transform=None) -> None:
         groups = self._groups
         if len(self.param_groups) != len(groups):
             raise ValueError("param_groups: groups were added or removed by hand; use add_param_group")
@@ -234,14 +252,24 @@ class Optimizer:
             work.append((layout, hyper, group_grads, grad_views))
         # 2. Prepare every group (state for new params or slots, plans) without committing anything.
         prepared = [self._prepared(record, layout, hyper) for record, (layout, hyper, _, _) in zip(groups, work)]
-        # 3. Run every group.
+        # 3. Run every group (after the gradient transform's reductions, which may skip the whole step).
+        grad_scale = grad_factor = None
+        if transform is not None:
+            every = [(update, record.grad_views if grad_views is None else grad_views, indices, len(updates))
+                     for record, (_, _, (_, updates)), (_, _, _, grad_views) in zip(groups, prepared, work)
+                     for indices, update in updates]
+            grad_scale, found_inf = transform
+            go, grad_factor = self._grad_transform(every, grad_scale, found_inf)
+            self.last_step_skipped = not go
+            if not go:
+                return   # nothing ran, nothing is committed: params, state and step counts stay as they were
         hosts = []  # per group, per param: the host state values after this step (None without host state)
         for record, (_, steps, (_, updates)), (layout, hyper, _, grad_views) in zip(groups, prepared, work):
             views = record.grad_views if grad_views is None else grad_views
             host = _host_layout(record, layout)
             if steps is None and len(updates) == 1:  # the usual case: one update, one step count
                 after = _run(updates[0][1], _host(self.spec, host[0], hyper[1]), views, hyper[1],
-                             record.base[0] + record.taken + 1)
+                             record.base[0] + record.taken + 1, transform=(grad_scale, grad_factor))
                 hosts.append([after] * len(host))
                 continue
             steps = record.steps if steps is None else steps
@@ -249,7 +277,7 @@ class Optimizer:
             for indices, update in updates:
                 after = _run(update, _host(self.spec, host[indices[0]], hyper[1]),
                              views if len(updates) == 1 else [views[i] for i in indices], hyper[1],
-                             steps[indices[0]] + 1)
+                             steps[indices[0]] + 1, transform=(grad_scale, grad_factor))
                 for i in indices:
                     hosts[-1][i] = after
         # 4. The step ran: remember what it checked and built.
@@ -271,6 +299,39 @@ class Optimizer:
             record.hyper_key, record.hyper, record.flags = hyper
             if grad_views is not None:
                 record.grads, record.grad_views = tuple(group_grads), grad_views
+
+    def _grad_transform(self, every, grad_scale, found_inf):
+        """(run the step?, clipping coefficient or None) from the reductions over every group's gradients."""
+        def reduce(op, power=2.0):
+            values = []
+            for update, views, indices, count in every:
+                values += update.reduce_grads(views if count == 1 else [views[i] for i in indices], op, power,
+                                              grad_scale)
+            return values
+
+        if found_inf is not None:
+            if found_inf != 0:
+                return False, None
+        elif grad_scale is not None:
+            if self.max_grad_norm is None or self.norm_type != 2:
+                if reference.reduce_group(reduce("nonfinite"), "nonfinite") != 0:
+                    return False, None
+            else:
+                # One pass serves both: the sum of squares (float64) is finite exactly when no gradient holds inf or
+                # NaN, unless it overflowed; only then count the non-finite values.
+                squares = reduce("sumsq")
+                total = reference.reduce_group(squares, "sumsq")
+                if not math.isfinite(total) and reference.reduce_group(reduce("nonfinite"), "nonfinite") != 0:
+                    return False, None
+                return True, self._clip_coefficient(clip.norm_from(total, 2.0))
+        if self.max_grad_norm is None:
+            return True, None
+        op, power = clip.reduction_for(self.norm_type)
+        return True, self._clip_coefficient(clip.total_norm_of(reduce(op, power), self.norm_type))
+
+    def _clip_coefficient(self, total_norm: float) -> float:
+        dtype = self.backend.state_dtype(self._groups[0].views[0].dtype)
+        return reference.clip_coefficient(total_norm, self.max_grad_norm, dtype)
 
     def _followed_params(self, index, group, record):
         """None when param_groups[index]["params"] still holds the arrays of the last step (a cheap identity check);
@@ -504,9 +565,11 @@ class Optimizer:
         with self._lock:
             groups = [(r.where, r.params, r.names, r.labels, r.state, r.steps) for r in self._groups]
             return {"defaults": self.defaults, "requested": self._requested_backend, "param_groups": self.param_groups,
-                    "backend": self.backend.name, "groups": groups, "host": [list(r.host) for r in self._groups]}
+                    "backend": self.backend.name, "groups": groups, "host": [list(r.host) for r in self._groups],
+                    "clip": (self.max_grad_norm, self.norm_type)}
 
     def __setstate__(self, saved):
+        self.max_grad_norm, self.norm_type = saved.get("clip", (None, 2.0))
         self.defaults = saved["defaults"]
         self._requested_backend = saved["requested"]
         self.param_groups = saved["param_groups"]
@@ -541,9 +604,13 @@ def _host(spec, values, hyper):
     return tuple(float(h.init(hyper)) for h in spec.host_state)
 
 
-def _run(update, host, *args):
-    """update.run(*args), given the host state values when the spec keeps some; returns those after the step."""
-    return update.run(*args) if host is None else update.run(*args, host=host)
+def _run(update, host, *args, transform=(None, None)):
+    """update.run(*args), given the host state values when the spec keeps some and the gradient transform (AMP's
+    grad_scale, clipping's factor) when there is one; returns the host values after the step."""
+    extra = {} if host is None else {"host": host}
+    if transform[0] is not None or transform[1] is not None:
+        extra["grad_scale"], extra["grad_factor"] = transform
+    return update.run(*args, **extra)
 
 
 def _host_layout(record, layout) -> list:
@@ -552,6 +619,31 @@ def _host_layout(record, layout) -> list:
         return record.host
     old = {id(p): i for i, p in enumerate(record.params)}
     return [None if j is None else record.host[j] for j in (old.get(id(p)) for p in layout[0])]
+
+
+def _scalar_arg(value, name: str):
+    """A float from a number or a one-element array (NumPy, CuPy or torch: read once, on the host); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a number or a one-element array, got {value!r}")
+    if isinstance(value, numbers.Real):
+        out = float(value)
+    else:
+        size = getattr(value, "size", None)
+        size = size() if callable(size) and not isinstance(size, int) else size   # torch: size() is a method
+        numel = getattr(value, "numel", None)
+        count = numel() if callable(numel) else size
+        if count != 1:
+            raise TypeError(f"{name}: expected a number or a one-element array, got {type(value).__name__}"
+                            f"{'' if count is None else f' of {count} elements'}")
+        item = value.item() if hasattr(value, "item") else value
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise TypeError(f"{name}: expected a real number, got {item!r}")
+        out = float(item)
+    if name == "grad_scale" and not (math.isfinite(out) and out > 0):
+        raise ValueError(f"grad_scale: expected a finite number > 0, got {out!r}")
+    return out
 
 
 def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
@@ -567,7 +659,7 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
         + [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in keyword]
         + [P("backend", P.KEYWORD_ONLY, default=None)])
 
-    def __init__(self, params, *args, backend=None, **hyperparameters):
+    def __init__(self, params, *args, backend=None, max_grad_norm=None, norm_type=2.0, **hyperparameters):
         if len(args) > len(positional):
             raise TypeError(f"{class_name}() takes at most {len(positional) + 1} positional arguments "
                             f"(params, {', '.join(positional)}); got {len(args) + 1}")
@@ -575,12 +667,15 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
             if name in hyperparameters:
                 raise TypeError(f"{class_name}() got multiple values for argument {name!r}")
             hyperparameters[name] = value
-        Optimizer.__init__(self, params, backend=backend, **hyperparameters)
+        Optimizer.__init__(self, params, backend=backend, max_grad_norm=max_grad_norm, norm_type=norm_type,
+                           **hyperparameters)
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{class_name}.__init__"
     doc = (f"{class_name}: fused {spec.name} with torch.optim's semantics.\n\n"
            f"{class_name}{str(signature).replace('(self, ', '(')}\n\n"
+           "Keyword-only too: max_grad_norm=None, norm_type=2.0 (gradient clipping by the total norm, folded into "
+           "the update; see Optimizer.step).\n\n"
            f"State per param: {'step, ' if spec.counts_steps else ''}"
            f"{', '.join(s.name for s in spec.slots)} (each only when used).")
     __init__.__doc__ = doc

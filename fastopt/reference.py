@@ -116,10 +116,114 @@ def function(family: str):
     return module.reference
 
 
-def run(spec, params, grads, slots, scalars, flags) -> None:
+def run(spec, params, grads, slots, scalars, flags, grad_scale=None, grad_factor=None) -> None:
     """One step of `spec` over a list of tensors, in place: `slots` holds, per slot of `spec.slots`, a list of arrays
-    (one per param) or None for an inactive slot (the function then gets None)."""
+    (one per param) or None for an inactive slot (the function then gets None). The gradient the update sees is
+    grad / grad_scale (AMP), then * grad_factor (clipping), each rounded in the gradient's dtype; `grads` stay as
+    they are."""
     fn = function(spec.kernel)
     per_slot = [[None] * len(params) if s is None else s for s in slots]
     for i, (param, grad) in enumerate(zip(params, grads)):
+        grad = unscaled(grad, grad_scale)
+        if grad_factor is not None:
+            grad = grad * grad.dtype.type(grad_factor)
         fn(param, grad, *(slot[i] for slot in per_slot), *scalars, *flags)
+
+
+# ---- reductions (kernel contract v2): deterministic, and in the order the cpu kernels use ---------------------------
+#
+# A reduction of a tensor is split into chunks of REDUCE_CHUNK elements (fastopt.kernels.cpu._common.CHUNK, the cpu
+# chunk table). Inside a chunk, element i goes to lane i % LANES; each lane accumulates in element order, in float64
+# (float32 values are widened exactly), and the lanes combine as ((0+1)+(2+3))+((4+5)+(6+7)). A tensor's value is its
+# chunks' partials combined in order from 0, and a group's is its tensors' values combined in order. The cpu kernels
+# do exactly this (bit for bit); NumPy's own sum (pairwise) rounds differently, and the CUDA kernels combine per
+# thread and block (see kernels/cuda/common.cuh), within the error bound stated in tests/test_reductions.py.
+
+REDUCE_CHUNK = 1 << 15
+LANES = 8
+# op name -> code shared with the kernels
+REDUCTIONS = {"sumsq": 0, "sum": 1, "maxabs": 2, "nonfinite": 3, "sumpow": 4, "minabs": 5, "nonzero": 6}
+_MAX, _MIN = REDUCTIONS["maxabs"], REDUCTIONS["minabs"]
+
+
+def reduction_start(op: str) -> float:
+    return np.inf if op == "minabs" else 0.0
+
+
+def _terms(x, op, power):
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        if op == "sumsq":
+            return x * x
+        if op == "sum":
+            return x
+        if op in ("maxabs", "minabs"):
+            return np.abs(x)
+        if op == "nonfinite":
+            return (~np.isfinite(x)).astype(np.float64)
+        if op == "sumpow":
+            return np.abs(x) ** power
+        if op == "nonzero":
+            return (x != 0).astype(np.float64)
+    raise ValueError(f"unknown reduction {op!r}; expected one of {sorted(REDUCTIONS)}")
+
+
+def combine(op: str, a: float, b: float) -> float:
+    """Two partials of `op` combined (NaN wins for the max and the min, as torch's norms)."""
+    if op == "maxabs":
+        return a if (a > b or a != a) else b
+    if op == "minabs":
+        return a if (a < b or a != a) else b
+    return a + b
+
+
+def reduce_chunk(x, op: str, power: float = 2.0) -> float:
+    """The partial of one chunk (at most REDUCE_CHUNK values), lanes as described above."""
+    terms = _terms(x, op, power)
+    if op in ("maxabs", "minabs"):   # exact whatever the order; NaN wins
+        out = reduction_start(op)
+        if terms.size:
+            pick = np.max(terms) if op == "maxabs" else np.min(terms)
+            out = combine(op, float(pick), out)
+        return float(out)
+    n = terms.size
+    m = n - n % LANES
+    with np.errstate(all="ignore"):
+        lanes = np.cumsum(terms[:m].reshape(-1, LANES), axis=0)[-1].copy() if m else np.zeros(LANES)
+        for j in range(n - m):   # the tail: lane j gets element m + j
+            lanes[j] += terms[m + j]
+        return float(((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
+
+
+def reduce_tensor(x, op: str, power: float = 2.0) -> float:
+    """One tensor's value: its chunks' partials combined in order."""
+    flat = np.asarray(x).reshape(-1)
+    out = reduction_start(op)
+    with np.errstate(all="ignore"):
+        for start in range(0, flat.size, REDUCE_CHUNK):
+            out = combine(op, out, reduce_chunk(flat[start:start + REDUCE_CHUNK], op, power))
+    return float(out)
+
+
+def reduce_group(values, op: str) -> float:
+    """Tensors' values combined in order."""
+    out = reduction_start(op)
+    with np.errstate(all="ignore"):
+        for v in values:
+            out = combine(op, out, float(v))
+    return float(out)
+
+
+def unscaled(grad, grad_scale):
+    """The gradient as the update sees it under AMP: divided by grad_scale in the gradient's dtype (torch's fused
+    optimizers divide; GradScaler.unscale_ multiplies by the reciprocal, which can differ by an ulp)."""
+    return grad if grad_scale is None else grad / grad.dtype.type(grad_scale)
+
+
+def clip_coefficient(total_norm: float, max_norm: float, dtype) -> float:
+    """torch.nn.utils.clip_grad_norm_'s factor, min(max_norm / (total_norm + 1e-6), 1), computed in `dtype` as
+    torch computes it on the grads' dtype."""
+    t = np.dtype(dtype).type
+    with np.errstate(all="ignore"):
+        coef = t(max_norm) / (t(total_norm) + t(1e-6))
+        return float(min(coef, t(1.0)) if coef == coef else coef)

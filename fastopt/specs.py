@@ -199,10 +199,24 @@ class OptimizerSpec:
 SPECS: dict[str, OptimizerSpec] = {}
 
 
+# Scalars every generated kernel takes after the declaration's (fastopt.codegen.GRAD_SCALARS), and names the generated
+# code uses itself: no slot, scalar or flag may take them.
+RESERVED_SCALARS = ("unscale_by", "clip_coef")
+_RESERVED = {*RESERVED_SCALARS, "p", "g", "gv", "i", "zero", "new_p", "chunks", "table", "t", "a", "b", "c", "span",
+             "element", "driver", "prange", "njit", "n", "s", "op", "param", "grad"}
+
+
 def register(spec: OptimizerSpec) -> OptimizerSpec:
     """Add `spec` to SPECS (and so to every layer: classes, functional API, backends, tests); returns it."""
     if not isinstance(spec, OptimizerSpec):
         raise TypeError(f"register takes an OptimizerSpec, got {type(spec).__name__}")
+    names = [s.name for s in spec.slots] + list(spec.scalar_names) + list(spec.flag_names)
+    for name in names + [spec.kernel]:
+        if not name.isidentifier() or name in _RESERVED or name.startswith("fo_") or name.startswith("active_"):
+            raise ValueError(f"{spec.name}: {name!r} cannot name a slot, scalar, flag or kernel family (an identifier, "
+                             f"none of {sorted(_RESERVED)}, no fo_ prefix)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec.name}: slot, scalar and flag names must all differ, got {names}")
     if spec.name in SPECS:
         raise ValueError(f"an optimizer named {spec.name!r} is already registered")
     if len(spec.scalar_names) == 0:

@@ -26,6 +26,18 @@ def test_register_refuses_a_second_spec_of_the_same_name_and_non_specs():
     assert specs.SPECS == before
 
 
+def test_register_refuses_names_the_generated_code_uses():
+    spec = specs.OptimizerSpec(name="clash", class_name="Clash", kernel="clash", hypers=(), slots=(),
+                               scalar_names=("lr", "unscale_by"), scalars=specs._adam_scalars)
+    with pytest.raises(ValueError, match="unscale_by"):
+        specs.register(spec)
+    twice = specs.OptimizerSpec(name="twice", class_name="Twice", kernel="twice", hypers=(),
+                                slots=(specs.Slot("lr"),), scalar_names=("lr",), scalars=specs._adam_scalars)
+    with pytest.raises(ValueError, match="must all differ"):
+        specs.register(twice)
+    assert "clash" not in specs.SPECS and "twice" not in specs.SPECS
+
+
 def test_every_record_is_consistent_with_its_spec():
     assert set(RECORDS) == set(specs.SPECS)
     for name, record in RECORDS.items():
@@ -67,10 +79,11 @@ def test_cuda_source_declares_what_the_declaration_says(family):
     members = f"#define FO_OP_MEMBERS static constexpr int NSLOTS = {max(len(fam.slot_names), 1)}; " \
               f"C {', '.join(fam.scalar_names)};"
     assert members in text
+    assert fam.kernel_scalars == (*fam.scalar_names, "unscale_by", "clip_coef")   # the gradient transform last
     flat_params = ", ".join(["P* param", "const P* grad", *(f"C* {s}" for s in fam.slot_names), "long long n",
-                             *(f"C {s}" for s in fam.scalar_names)])
+                             *(f"C {s}" for s in fam.kernel_scalars)])
     assert f"fo_{family}_flat({flat_params})" in text
-    assert f"fo_{family}_table(FO_TABLE_PARAMS, {', '.join(f'C {s}' for s in fam.scalar_names)})" in text
+    assert f"fo_{family}_table(FO_TABLE_PARAMS, {', '.join(f'C {s}' for s in fam.kernel_scalars)})" in text
 
 
 def test_reference_driver_runs_a_family_over_tensors_and_refuses_unknown_ones():

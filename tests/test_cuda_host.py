@@ -452,7 +452,7 @@ class _FakeKernel:
         _LOG.append(("launch", self.kind, grid[0], _FakeStream.current().ptr))
         lib = cuda_build.build_host_library(self.family)
         tag = {"float": "f32", "double": "f64"}[self.ctype]
-        nsc = len(cuda_build.FAMILIES[self.family].scalar_names)
+        nsc = len(cuda_build.FAMILIES[self.family].kernel_scalars)
         want = np.float32 if self.ctype == "float" else np.float64
         assert all(type(s) is want for s in args[-nsc:]), "scalars must be passed in the compute type"
         scalars = (ctypes.c_double * nsc)(*[float(s) for s in args[-nsc:]])
@@ -851,9 +851,9 @@ def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, 
 
     def skipping(self, grid, block, args):
         if self.kind == "flat":
-            args = (*args[:-len(cuda_build.FAMILIES[self.family].scalar_names) - 1],
-                    np.int64(int(args[-len(cuda_build.FAMILIES[self.family].scalar_names) - 1]) - 1),
-                    *args[-len(cuda_build.FAMILIES[self.family].scalar_names):])
+            args = (*args[:-len(cuda_build.FAMILIES[self.family].kernel_scalars) - 1],
+                    np.int64(int(args[-len(cuda_build.FAMILIES[self.family].kernel_scalars) - 1]) - 1),
+                    *args[-len(cuda_build.FAMILIES[self.family].kernel_scalars):])
         call(self, grid, block, args)
     monkeypatch.setattr(_FakeKernel, "__call__", skipping)
     assert cli.smoke(["sgd"], ["float32"], [5], 1) == 1

@@ -5,6 +5,11 @@ group, one dtype, one step count) and runs it every step:
 
     plan = backend.prepare(spec, params, slots, flags)  # once: tables, chunking, kernel lookup, compile if needed
     plan.run(grads, scalars)                             # every step: one fused pass, nothing allocated
+    plan.run(grads, scalars, unscale_by, clip_coef)      # the same, the update seeing (g / unscale_by) * clip_coef
+    plan.reduce_grads(grads, op, power, unscale_by)      # per tensor, a reduction of the (unscaled) gradients
+
+Reductions (`fastopt.reference.REDUCTIONS`: sumsq, sum, maxabs, nonfinite, sumpow, minabs, nonzero) are in float64,
+deterministic run to run; numpy and cpu follow the order `fastopt.reference.reduce_chunk` documents, bit for bit.
 
 `params` are C-contiguous arrays (the backend's own array type, in their own shapes) of one dtype; `slots` maps
 every slot of `spec.slots` to a list of arrays shaped like the params, or to None for an inactive slot; `grads`
@@ -27,7 +32,9 @@ from typing import Protocol
 
 
 class Plan(Protocol):
-    def run(self, grads: Sequence, scalars: tuple) -> None: ...
+    def run(self, grads: Sequence, scalars: tuple, grad_scale=None, grad_factor=None) -> None: ...
+
+    def reduce_grads(self, grads: Sequence, op: str, power: float = 2.0, grad_scale=None) -> list: ...
 
 
 class Backend(Protocol):

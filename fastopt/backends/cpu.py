@@ -10,7 +10,7 @@ import operator
 
 import numpy as np
 
-from fastopt import codegen
+from fastopt import codegen, reference
 from fastopt.backends.numpy import NumpyArrays
 
 # Bytes a step moves (every read and write of params, grads and state) below which it runs serially: waking a
@@ -25,6 +25,7 @@ try:  # Numba can fail at import (llvmlite mismatch, ...): fall back, say why.
     if numba.config.DISABLE_JIT:
         raise ImportError("NUMBA_DISABLE_JIT is set, so Numba compiles nothing")
     from fastopt import threads
+    from fastopt.kernels.cpu import _reduce
     from fastopt.kernels.cpu._common import chunk_table
     threads.start()
 except Exception as error:  # noqa: BLE001 - any import failure means "not available", with its message
@@ -42,8 +43,10 @@ class _NumbaPlan:
     """
 
     def __init__(self, spec, params, slots, flags):
+        self.spec = spec
+        self.active = tuple(slots[s.name] is not None for s in spec.slots)
         # Generated around the family's `element`, for this set of active slots.
-        driver = codegen.numba_driver(spec.kernel, tuple(slots[s.name] is not None for s in spec.slots))
+        driver = codegen.numba_driver(spec.kernel, self.active)
         arrays = 3 + 2 * sum(slots[s.name] is not None for s in spec.slots)  # p, g read, p written; slots both
         self.bytes_per_step = arrays * sum(p.nbytes for p in params)
         # With one thread (NUMBA_NUM_THREADS=1, or set_num_threads(1) in this thread) a parallel region only costs.
@@ -53,6 +56,9 @@ class _NumbaPlan:
         self.lock = threads.KERNEL_LOCK if self.parallel else None
         self.cast = params[0].dtype.type  # scalars in the array's dtype keep the loop in float32 for float32
         self.chunks = chunk_table([p.size for p in params])
+        self.chunk_tensor = self.chunks[:, 0].tolist()
+        self.ntensors = len(params)
+        self.partials = np.empty(len(self.chunks), dtype=np.float64)   # scratch of the reductions, allocated once
         self.arrays = [params, *(slots[s.name] for s in spec.slots)]
         self.table = np.zeros((2 + len(spec.slots), len(params)), dtype=np.int64)
         self.table[0] = _addresses(params)
@@ -62,16 +68,83 @@ class _NumbaPlan:
         self.flags = flags
         self._grads: list = []
 
-    def run(self, grads, scalars):
+    def _set_grads(self, grads):
         # Refresh the grads' row only when the caller passes other arrays than last step.
         if len(grads) != len(self._grads) or not all(map(operator.is_, grads, self._grads)):
             self.table[1] = _addresses(grads)
             self._grads = list(grads)
+
+    def run(self, grads, scalars, grad_scale=None, grad_factor=None):
+        """One fused step; `grad_scale` (AMP) divides and `grad_factor` (clipping) multiplies each gradient element
+        inside the update, the gradients themselves left as they are."""
+        self._set_grads(grads)
+        kernel = self.kernel
+        if grad_scale is not None or grad_factor is not None:
+            driver = codegen.numba_driver(self.spec.kernel, self.active, grad_scale is not None,
+                                          grad_factor is not None)
+            kernel = driver.parallel if self.parallel else driver.serial
+        cast = self.cast
+        args = (self.chunks, self.table, *map(cast, scalars), *self.flags,
+                cast(1.0 if grad_scale is None else grad_scale), cast(1.0 if grad_factor is None else grad_factor))
         if self.lock is None:
-            self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
+            kernel(*args)
         else:
             with self.lock:
-                self.kernel(self.chunks, self.table, *map(self.cast, scalars), *self.flags)
+                kernel(*args)
+
+    def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
+        """Per tensor, the reduction `op` (fastopt.reference.REDUCTIONS) of the gradients as the update sees them
+        (divided by grad_scale when given), in fastopt.reference's order: bit for bit the reference's value."""
+        self._set_grads(grads)
+        out = self.partials
+        kernel = _reduce.partials.parallel if self.parallel else _reduce.partials.serial
+        cast = self.cast
+        args = (self.chunks, self.table, 1, reference.REDUCTIONS[op], float(power), grad_scale is not None,
+                cast(1.0 if grad_scale is None else grad_scale), cast(0.0), out)
+        if self.lock is None:
+            kernel(*args)
+        else:
+            with self.lock:
+                kernel(*args)
+        values = [reference.reduction_start(op)] * self.ntensors
+        for c, t in enumerate(self.chunk_tensor):   # each tensor's chunks in order (fastopt.reference.reduce_tensor)
+            values[t] = reference.combine(op, values[t], float(out[c]))
+        return values
+
+
+def reduce_arrays(arrays, op: str, power: float = 2.0) -> list:
+    """Per array, the reduction `op` (fastopt.reference.REDUCTIONS): one multi-tensor pass per dtype through the
+    reduction kernels (float32, float64), the reference for other dtypes; bit for bit the reference's values."""
+    values: list = [None] * len(arrays)
+    for dtype, indices in _by_dtype(arrays).items():
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            for i in indices:
+                values[i] = reference.reduce_tensor(arrays[i], op, power)
+            continue
+        chunks = chunk_table([arrays[i].size for i in indices])
+        table = np.array([_addresses([arrays[i] for i in indices])], dtype=np.int64).reshape(1, -1)
+        out = np.empty(len(chunks), dtype=np.float64)
+        big = 2 * sum(arrays[i].nbytes for i in indices) >= PARALLEL_MIN_BYTES and numba.get_num_threads() > 1
+        kernel = _reduce.partials.parallel if big else _reduce.partials.serial
+        args = (chunks, table, 0, reference.REDUCTIONS[op], float(power), False, dtype.type(1), dtype.type(0), out)
+        if big:
+            with threads.KERNEL_LOCK:
+                kernel(*args)
+        else:
+            kernel(*args)
+        per = [reference.reduction_start(op)] * len(indices)
+        for c, t in enumerate(chunks[:, 0].tolist()):
+            per[t] = reference.combine(op, per[t], float(out[c]))
+        for k, i in enumerate(indices):
+            values[i] = per[k]
+    return values
+
+
+def _by_dtype(arrays) -> dict:
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(np.dtype(a.dtype), []).append(i)
+    return groups
 
 
 class CpuBackend(NumpyArrays):

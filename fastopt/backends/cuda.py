@@ -282,9 +282,11 @@ class _CudaPlan:
             self._prefix = prefix
         self._grad_key = key
 
-    def run(self, grads, scalars):
+    def run(self, grads, scalars, grad_scale=None, grad_factor=None):
         if not self.total:
             return
+        # The gradient transform (fastopt.codegen.GRAD_SCALARS): 1 and 1 leave the gradient exactly as it is.
+        scalars = (*scalars, 1.0 if grad_scale is None else grad_scale, 1.0 if grad_factor is None else grad_factor)
         stream = self._stream()
         # The same grad objects as last step: a CuPy array's memory never moves, so nothing needs a new look.
         if len(grads) == len(self._grad_objects) and all(map(operator.is_, grads, self._grad_objects)):
@@ -302,6 +304,10 @@ class _CudaPlan:
         ctype = self.ctype
         self._launch(stream, self._prefix + tuple([ctype(s) for s in scalars]))
 
+    def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
+        with self._stream():
+            return reduce_arrays([BACKEND.as_array(g) for g in grads], op, power, grad_scale)
+
     def _launch(self, stream, args):
         kernel = self._kernel
         if kernel is self.table_kernel:
@@ -315,6 +321,59 @@ class _CudaPlan:
                 kernel((self._blocks,), (cuda_build.BLOCK,), args)
         else:
             kernel((self._blocks,), (cuda_build.BLOCK,), args)   # stream is CuPy's current one
+
+
+def _float_view(array):
+    """The values as CuPy computes with them: bfloat16 bits (uint16) widened to float32."""
+    cp = _cp()
+    if array.dtype == np.uint16:
+        return (array.astype(cp.uint32) << 16).view(cp.float32)
+    return array
+
+
+def reduce_arrays(arrays, op: str, power: float = 2.0, grad_scale=None) -> list:
+    """Per array, the reduction `op` (fastopt.reference.REDUCTIONS) in float64, with CuPy array operations (one
+    device-to-host copy for all of them). Deterministic run to run; the order differs from the reference's (CuPy's
+    own reduction tree), within the bound tests/test_reductions.py states. Not yet one fused multi-tensor launch."""
+    cp = _cp()
+    if not arrays:
+        return []
+    parts = []
+    for a in arrays:
+        x = _float_view(a).ravel()
+        if grad_scale is not None:
+            x = x / x.dtype.type(grad_scale)
+        x = x.astype(cp.float64)
+        if op == "sumsq":
+            parts.append(cp.sum(x * x))
+        elif op == "sum":
+            parts.append(cp.sum(x))
+        elif op == "maxabs":
+            parts.append(cp.max(cp.abs(x)) if x.size else cp.zeros((), cp.float64))
+        elif op == "minabs":
+            parts.append(cp.min(cp.abs(x)) if x.size else cp.full((), cp.inf))
+        elif op == "nonfinite":
+            parts.append(cp.sum(~cp.isfinite(x)).astype(cp.float64))
+        elif op == "nonzero":
+            parts.append(cp.sum(x != 0).astype(cp.float64))
+        elif op == "sumpow":
+            parts.append(cp.sum(cp.abs(x) ** power))
+        else:
+            raise ValueError(f"unknown reduction {op!r}")
+    return [float(v) for v in cp.stack(parts).get()]
+
+
+def scale_in_place(array, coef: float) -> None:
+    """array *= coef, rounded in the array's dtype (bfloat16 bits: in float32, then rounded to nearest even)."""
+    cp = _cp()
+    if array.dtype == np.uint16:
+        scaled = _float_view(array) * cp.float32(coef)
+        bits = scaled.view(cp.uint32)
+        rounded = (bits + cp.uint32(0x7FFF) + ((bits >> 16) & cp.uint32(1))) >> 16
+        nan = cp.isnan(scaled)
+        array[...] = cp.where(nan, (bits >> 16) | cp.uint32(0x40), rounded).astype(cp.uint16)
+        return
+    cp.multiply(array, array.dtype.type(coef), out=array)
 
 
 def _one_device(arrays, what) -> int:

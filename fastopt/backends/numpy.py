@@ -43,9 +43,13 @@ class _ReferencePlan:
         self.slots = [slots[s.name] for s in spec.slots]
         self.flags = flags
 
-    def run(self, grads, scalars):
+    def run(self, grads, scalars, grad_scale=None, grad_factor=None):
         with np.errstate(all="ignore"):  # non-finite gradients propagate silently, as in the fused kernels
-            reference.run(self.spec, self.params, grads, self.slots, scalars, self.flags)
+            reference.run(self.spec, self.params, grads, self.slots, scalars, self.flags, grad_scale, grad_factor)
+
+    def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
+        with np.errstate(all="ignore"):
+            return [reference.reduce_tensor(reference.unscaled(g, grad_scale), op, power) for g in grads]
 
 
 class NumpyBackend(NumpyArrays):

@@ -222,6 +222,21 @@ __device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS) {
     }
 }
 
+// The gradient transform around every element operation (fastopt.codegen.GRAD_SCALARS): g / unscale_by (AMP's
+// unscale, a division as torch's fused optimizers do), then * clip_coef (gradient clipping). The host passes 1 and
+// 1 when unused: x / 1 and x * 1 are exactly x, NaN and infinities included.
+template <typename Op, typename C>
+struct fo_grad_op {
+    static constexpr int NSLOTS = Op::NSLOTS;
+    static constexpr unsigned ACTIVE = Op::ACTIVE;
+    Op op;
+    C unscale_by, clip_coef;
+
+    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
+        op(p, (g / unscale_by) * clip_coef, s);
+    }
+};
+
 // maximize flips the gradient, then L2 weight decay adds weight_decay * param when weight_decay != 0 (torch's order;
 // a uniform run-time branch, exactly as fastopt.reference._direction).
 template <typename C>
