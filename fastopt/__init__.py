@@ -27,7 +27,9 @@ def _kernels_from_checkout() -> None:
 
 _kernels_from_checkout()
 
-from fastopt import functional, lr_scheduler, threads  # noqa: E402 - after the kernels are findable
+from fastopt import amp, clip, functional, lr_scheduler, threads  # noqa: E402 - after the kernels are findable
+from fastopt.amp import GradScaler  # noqa: E402
+from fastopt.clip import clip_grad_norm_  # noqa: E402
 from fastopt.dispatch import available_backends  # noqa: E402
 from fastopt.flat import flatten  # noqa: E402
 from fastopt.optim import OPTIMIZERS, Optimizer  # noqa: E402
@@ -39,6 +41,6 @@ __version__ = "0.1.0"
 # Every optimizer class (generated from its declaration in fastopt/optimizers/): fastopt.Adam, fastopt.Lion, ...
 globals().update({cls.__name__: cls for cls in OPTIMIZERS.values()})
 
-__all__ = ["OPTIMIZERS", "SPECS", "Optimizer", "__version__", "available_backends", "flatten", "functional",
-           "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
+__all__ = ["OPTIMIZERS", "SPECS", "GradScaler", "Optimizer", "__version__", "amp", "available_backends", "clip",
+           "clip_grad_norm_", "flatten", "functional", "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
            *sorted(cls.__name__ for cls in OPTIMIZERS.values())]

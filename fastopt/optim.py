@@ -657,6 +657,7 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
         [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
         + [P(n, P.POSITIONAL_OR_KEYWORD, default=defaults[n]) for n in positional]
         + [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in keyword]
+        + [P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("norm_type", P.KEYWORD_ONLY, default=2.0)]
         + [P("backend", P.KEYWORD_ONLY, default=None)])
 
     def __init__(self, params, *args, backend=None, max_grad_norm=None, norm_type=2.0, **hyperparameters):
@@ -674,8 +675,8 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
     __init__.__qualname__ = f"{class_name}.__init__"
     doc = (f"{class_name}: fused {spec.name} with torch.optim's semantics.\n\n"
            f"{class_name}{str(signature).replace('(self, ', '(')}\n\n"
-           "Keyword-only too: max_grad_norm=None, norm_type=2.0 (gradient clipping by the total norm, folded into "
-           "the update; see Optimizer.step).\n\n"
+           "max_grad_norm, norm_type: gradient clipping by the total norm, folded into the update (Optimizer.step)."
+           "\n\n"
            f"State per param: {'step, ' if spec.counts_steps else ''}"
            f"{', '.join(s.name for s in spec.slots)} (each only when used).")
     __init__.__doc__ = doc

@@ -81,7 +81,7 @@ def _run_device(spec, hyper, params_np, grads_np, slots_np, flat_buffers=False):
 
 
 def _run_reference(spec, hyper, params_np, grads_np, slots_np):
-    fn = getattr(reference, spec.kernel)
+    fn = reference.function(spec.kernel)
     params = [p.astype(np.float64 if p.dtype == np.float64 else np.float32) for p in params_np]
     slots = {k: None if v is None else [a.copy() for a in v] for k, v in slots_np.items()}
     for t, p in enumerate(params):
@@ -242,7 +242,7 @@ def test_bfloat16_params_match_the_float32_reference_rounded_each_step(name):
     spec = SPECS[name]
     sizes = (0, 1, 3, 4097, 100003)
     rng = np.random.default_rng(11)
-    fn = getattr(reference, spec.kernel)
+    fn = reference.function(spec.kernel)
     tol = TOLERANCES[np.dtype(np.float32)]
     for hyper in _hypers(spec):
         p_bits = [_bf16_bits(rng.standard_normal(n).astype(np.float32)) for n in sizes]
