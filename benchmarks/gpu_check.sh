@@ -185,7 +185,8 @@ fi
 
 # ---- 4. tests and runs on the device ----------------------------------------------------------------------------------
 # tests/test_cuda_host.py is CPU-only (CI runs it); the GPU run covers the device tests and the generic tests.
-device_tests=(tests/test_cuda_device.py tests/test_cuda_build.py)
+device_tests=(tests/test_cuda_device.py tests/test_cuda_build.py
+              tests/test_distributed.py::test_gpu_nccl_world_of_one_matches_plain_optimizer)
 generic_tests=(tests --ignore=tests/test_cuda_host.py --ignore=tests/test_cuda_device.py --ignore=tests/test_cuda_build.py)
 sanitizer=$(find_tool compute-sanitizer || true)
 ncu=$(find_tool ncu || true)
