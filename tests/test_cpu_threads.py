@@ -169,3 +169,15 @@ def test_openmp_threads_sleep_after_a_step_unless_the_user_chose():
     assert left == "None"  # set only while the layer started: OpenMP libraries loaded later keep their defaults
     assert _gomp_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"})[2]["OMP_WAIT_POLICY"] == "ACTIVE"
     assert _gomp_wait_policy({"GOMP_SPINCOUNT": "1000"})[2]["GOMP_SPINCOUNT"] == "1000"  # any choice stands
+
+
+def test_addresses_come_from_the_compiled_route_and_agree_with_the_array_interface():
+    from fastopt.backends import cpu
+
+    arrays = [np.zeros((3, 4), np.float32), np.zeros(5), np.zeros((2, 2, 2, 2), np.float32), np.zeros(0, np.float32),
+              np.zeros(3, np.float16)]  # float16: Numba refuses it, the interface answers
+    readonly = np.zeros(7)
+    readonly.flags.writeable = False
+    arrays.append(readonly)
+    assert cpu._addresses(arrays) == [a.__array_interface__["data"][0] for a in arrays]
+    assert cpu._address(arrays[0]) == arrays[0].ctypes.data
