@@ -57,6 +57,12 @@ class Record:
     golden: dict
     # The same at the float extremes (make_golden.MAGNITUDES); the value "tiny" stands for the dtype's smallest eps.
     extreme: dict = field(default_factory=dict)
+    # Extreme configurations the oracle cannot judge (optax: XLA on CPU flushes subnormals to zero), drawn and written
+    # like `extreme`: tests/test_extremes_unjudged.py runs the cpu backend and the CUDA host build on make_golden's
+    # extreme data against the reference, bit for bit, and requires the reference runs to report `extreme_events`
+    # (NumPy's floating-point events) so that agreement means something.
+    extreme_unjudged: dict = field(default_factory=dict)
+    extreme_events: frozenset = frozenset({"overflow", "underflow"})
     # The oracle that writes the golden files: None runs torch.optim.<class_name> (single-tensor path); else a
     # callable(name, hyper, dtype, params0, grads, steps) -> (trajectory, states) as make_golden.run_torch returns.
     oracle: Callable | None = None

@@ -13,7 +13,8 @@ Conventions, measured against optax 0.2.8 / jax 0.10 on CPU (un-jitted updates, 
 - XLA on CPU flushes subnormal results to zero (float32 1e-38 * 0.1 gives 0; float64 likewise), and no jax option
   turns that off. fastopt's kernels are IEEE (denormals kept), so optax cannot judge make_golden's smallest extreme
   magnitudes or a subnormal eps: these optimizers have no `*-extreme_*` golden files, and their kernels are checked
-  against the reference at the extremes without an oracle (tests/test_extremes_lion_signum_adabelief_yogi.py).
+  against the reference at the extremes without an oracle (tests/test_extremes_unjudged.py, reading each record's
+  `extreme_unjudged`).
   Measured per magnitude, the references equal optax at every other extreme magnitude, inf and NaN included.
 
 The oracle (`oracle(build, state_of)`) is a `Record.oracle` for tests/golden/make_golden.py: it runs an optax

@@ -81,6 +81,11 @@ def _strategy(st):
 
 register_record(Record(
     optimizer="yogi", strategy=_strategy,
+    # optax cannot judge make_golden's extremes (XLA flushes subnormals): kernels vs reference there instead
+    extreme_unjudged={"default": {}, "wd_init": {"weight_decay": 0.01, "initial_accumulator_value": 0.5},
+                      "tiny_eps": {"lr": 1e-5, "eps": "tiny", "maximize": True},
+                      # zero initial state: where a gradient is 0, exp_avg_sq stays 0 and the step divides by eps
+                      "no_init": {"initial_accumulator_value": 0.0}},
     busy=dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01, initial_accumulator_value=0.1, maximize=True),
     golden={
         "default": {},

@@ -1,11 +1,11 @@
-"""Lion, Signum, AdaBelief and Yogi at the float extremes: the cpu backend and the host build of the CUDA kernels
-against the reference, bit for bit, inf and NaN included.
+"""The float extremes where the oracle cannot judge: the cpu backend and the host build of the CUDA kernels against
+the reference, bit for bit, inf and NaN included.
 
-Their oracle, optax, has no `*-extreme_*` golden files: XLA on CPU flushes subnormal results to zero, so at
-make_golden's smallest magnitudes (and with a subnormal eps) optax differs from IEEE arithmetic. Measured offline
-with optax 0.2.8, per magnitude: at every other magnitude the references equal optax bit for bit (Yogi's float64
-overflow runs within 2 ulp), with inf and NaN in the same places. Here the kernels are checked against the reference
-on make_golden's extreme data, subnormal eps included, without an oracle.
+Optimizers that follow optax have no `*-extreme_*` golden files: XLA on CPU flushes subnormal results to zero, so at
+make_golden's smallest magnitudes (and with a subnormal eps) optax differs from IEEE arithmetic. What the extreme
+files check for the others (that the kernels perform the reference's operations in its order, where the order
+decides overflow and underflow) is checked here on the same data (make_golden's magnitudes and draws), without an
+oracle, for every record's `extreme_unjudged` configurations.
 """
 
 from __future__ import annotations
@@ -15,23 +15,10 @@ import pytest
 from golden.make_golden import EXTREME_STEPS, TINY_EPS, draw_extreme
 
 from fastopt import reference
+from fastopt.records import RECORDS
 from fastopt.specs import SPECS
 
-CONFIGS = {
-    "lion": {"default": {}, "wd_maximize": {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}},
-    "signum": {"default": {}, "wd_maximize": {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}},
-    "adabelief": {"default": {}, "nesterov_wd": {"nesterov": True, "weight_decay": 0.01},
-                  "tiny_eps": {"lr": 1e-5, "eps": "tiny", "eps_root": 0.0}},
-    "yogi": {"default": {}, "wd_init": {"weight_decay": 0.01, "initial_accumulator_value": 0.5},
-             "tiny_eps": {"lr": 1e-5, "eps": "tiny", "maximize": True},
-             # zero initial state: where the draw's gradient is 0, exp_avg_sq stays 0 and the step divides by eps alone
-             "no_init": {"initial_accumulator_value": 0.0}},
-}
-# What the reference runs must report across an optimizer's configurations, so that agreement means something: Lion
-# and Signum square nothing (their state is an average of gradients, their step lr * sign), so at these magnitudes
-# they only underflow (the smallest gradients' averages go subnormal); AdaBelief and Yogi square the gradient.
-EVENTS = {"lion": {"underflow"}, "signum": {"underflow"}, "adabelief": {"overflow", "underflow"},
-          "yogi": {"overflow", "underflow"}}
+CONFIGS = {name: record.extreme_unjudged for name, record in RECORDS.items() if record.extreme_unjudged}
 CASES = [(name, config, dtype) for name, configs in CONFIGS.items() for config in configs
          for dtype in ("float32", "float64")]
 
@@ -46,8 +33,8 @@ def _case(name, config, dtype):
 
 
 def _replay(spec, hyper, params0, grads, events=None):
-    """The reference's params after every step and final slots; `events` (a set) collects the floating-point
-    exceptions NumPy reports on the way."""
+    """The reference: params after every step, and the final slots of each param. `events`, a set, collects the
+    floating-point exceptions NumPy reports on the way ("overflow", "underflow", ...)."""
     fn = reference.function(spec.kernel)
     params = [p.copy() for p in params0]
     slots = [[np.full_like(p, s.init(hyper)) for s in spec.slots] for p in params]
@@ -60,6 +47,10 @@ def _replay(spec, hyper, params0, grads, events=None):
                 fn(p, g[step - 1], *s, *scalars, *spec.flags(hyper))
             trajectory.append([p.copy() for p in params])
     return trajectory, slots
+
+
+def test_the_optax_optimizers_are_covered():
+    assert {"lion", "signum", "adabelief", "yogi", "adan", "adopt", "ademamix"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name, config, dtype", CASES)
@@ -105,13 +96,15 @@ def test_cuda_host_build_matches_the_reference_at_the_extremes(name, config, dty
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_the_extreme_data_reaches_the_float_limits(name):
-    """Bit-for-bit agreement proves little unless the runs reach the limits: each optimizer's reference runs must
-    report EVENTS in both dtypes; those that overflow must end with inf or NaN in their state."""
+    """Bit-for-bit agreement proves little unless the runs reach the limits: across its configurations, each
+    optimizer's reference runs must report its record's `extreme_events` in both dtypes, and those that overflow must
+    end with inf or NaN in their state."""
+    expected = RECORDS[name].extreme_events
     for dtype in ("float32", "float64"):
         events, nonfinite = set(), 0
         for config in CONFIGS[name]:
             spec, hyper, params0, grads = _case(name, config, dtype)
             _, slots = _replay(spec, hyper, params0, grads, events)
             nonfinite += sum(int(np.sum(~np.isfinite(a))) for arrays in slots for a in arrays)
-        assert EVENTS[name] <= events, f"{name} {dtype}: only {sorted(events)}"
-        assert nonfinite or "overflow" not in EVENTS[name], f"{name} {dtype}: no inf or NaN in the final state"
+        assert expected <= events, f"{name} {dtype}: only {sorted(events)}"
+        assert nonfinite or "overflow" not in expected, f"{name} {dtype}: no inf or NaN in the final state"
