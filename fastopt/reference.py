@@ -127,7 +127,39 @@ def run(spec, params, grads, slots, scalars, flags, grad_scale=None, grad_factor
         grad = unscaled(grad, grad_scale)
         if grad_factor is not None:
             grad = grad * grad.dtype.type(grad_factor)
-        fn(param, grad, *(slot[i] for slot in per_slot), *scalars, *flags)
+        mine = [slot[i] for slot in per_slot]
+        fn(param, grad, *mine, *scalars, *flags)
+
+
+def tensor_scalars(spec, param, grad, slots, scalars, flags) -> tuple:
+    """One tensor's per-tensor scalars (kernel contract v2), which the reference function of a family with
+    reductions computes itself (so it keeps the calling convention, param, grad, *slots, *scalars, *flags): its
+    reductions (`spec.reductions`, each by
+    `reduce_tensor`, the update from the family's `update_value(param, grad, *slots, *scalars, *flags)` computed
+    without writing), then `spec.tensor_scalars`. Empty for a spec without reductions. `grad` is as the update sees
+    it; `slots` are this tensor's (None when inactive)."""
+    if not spec.reductions:
+        return ()
+    names = [s.name for s in spec.slots]
+    reduced = []
+    for r in spec.reductions:
+        if r.of == "param":
+            x = param
+        elif r.of == "grad":
+            x = grad
+        elif r.of == "update":
+            x = update_function(spec.kernel)(param, grad, *slots, *scalars, *flags)
+        else:
+            x = slots[names.index(r.of)]
+        reduced.append(reduce_tensor(x, r.op))
+    return tuple(spec.tensor_scalars(scalars, tuple(reduced), param.dtype))
+
+
+def update_function(family: str):
+    """`update_value` of fastopt/optimizers/<family>.py: the update a family's "update" reduction reads."""
+    import importlib
+
+    return importlib.import_module(f"fastopt.optimizers.{family}").update_value
 
 
 # ---- reductions (kernel contract v2): deterministic, and in the order the cpu kernels use ---------------------------

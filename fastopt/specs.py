@@ -124,6 +124,20 @@ _REPLAYED: dict = {}   # (advance, hyper) -> (the next step, host values before 
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """A per-tensor reduction the update reads (kernel contract v2): `op` (one of the lane-summed
+    fastopt.reference.TENSOR_REDUCTIONS: sumsq, sum, nonfinite, nonzero) of `of`: "param", "grad" (as the update sees
+    it: unscaled and clipped), a slot's name, or "update" (the family's `update_value`, computed without writing).
+    Computed before the update, in float64, in fastopt.reference.reduce_tensor's order."""
+    op: str
+    of: str
+
+
+def _no_tensor_scalars(scalars, reduced, dtype) -> tuple:
+    return ()
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     name: str                                   # the functional name, e.g. "adam"
     class_name: str                             # the public class, e.g. "Adam"
@@ -144,6 +158,13 @@ class OptimizerSpec:
     # failed step leaves them as they were. Such a spec's `scalars` is usually `replay_scalars` over the same two.
     host_state: tuple[HostScalar, ...] = ()
     advance: Callable[[dict, int, tuple], tuple] | None = None
+    # Per-tensor reductions and the per-tensor scalars made of them (kernel contract v2): `tensor_scalars(scalars,
+    # reduced, dtype)` maps this step's scalars and one tensor's reduced values (floats, in `reductions` order) to
+    # that tensor's scalars (in `tensor_scalar_names` order), which the element function receives after `scalars`:
+    # kernel(param, grad, *slots, *scalars, *tensor_scalars, *flags).
+    reductions: tuple[Reduction, ...] = ()
+    tensor_scalar_names: tuple[str, ...] = ()
+    tensor_scalars: Callable[[tuple, tuple, Any], tuple] = _no_tensor_scalars
 
     @property
     def counts_steps(self) -> bool:
@@ -203,14 +224,16 @@ SPECS: dict[str, OptimizerSpec] = {}
 # code uses itself: no slot, scalar or flag may take them.
 RESERVED_SCALARS = ("unscale_by", "clip_coef")
 _RESERVED = {*RESERVED_SCALARS, "p", "g", "gv", "i", "zero", "new_p", "chunks", "table", "t", "a", "b", "c", "span",
-             "element", "driver", "prange", "njit", "n", "s", "op", "param", "grad"}
+             "element", "driver", "prange", "njit", "n", "s", "op", "param", "grad",
+             "update_value", "ts", "out", "lanes", "u", "np", "update"}
 
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:
     """Add `spec` to SPECS (and so to every layer: classes, functional API, backends, tests); returns it."""
     if not isinstance(spec, OptimizerSpec):
         raise TypeError(f"register takes an OptimizerSpec, got {type(spec).__name__}")
-    names = [s.name for s in spec.slots] + list(spec.scalar_names) + list(spec.flag_names)
+    names = [s.name for s in spec.slots] + list(spec.scalar_names) + list(spec.tensor_scalar_names) + \
+        list(spec.flag_names)
     for name in names + [spec.kernel]:
         if not name.isidentifier() or name in _RESERVED or name.startswith("fo_") or name.startswith("active_"):
             raise ValueError(f"{spec.name}: {name!r} cannot name a slot, scalar, flag or kernel family (an identifier, "
@@ -223,6 +246,13 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
         raise ValueError(f"{spec.name}: declare at least one scalar (it carries the compute dtype to the kernels)")
     if bool(spec.host_state) != (spec.advance is not None) or (spec.host_state and not spec.counts_steps):
         raise ValueError(f"{spec.name}: host_state and advance come together, with a step count")
+    for r in spec.reductions:
+        if r.op not in ("sumsq", "sum", "nonfinite", "nonzero") or \
+                r.of not in ("param", "grad", "update", *(s.name for s in spec.slots)):
+            raise ValueError(f"{spec.name}: reduction {r}: op must be sumsq, sum, nonfinite or nonzero, of param, "
+                             "grad, update or a slot")
+    if bool(spec.reductions) != bool(spec.tensor_scalar_names):
+        raise ValueError(f"{spec.name}: reductions and tensor_scalar_names come together")
     SPECS[spec.name] = spec
     return spec
 

@@ -76,6 +76,11 @@ class _NumbaPlan:
             self.table[row] = self.table[0] if slots[slot.name] is None else _addresses(slots[slot.name])
         self.flags = flags
         self._grads: list = []
+        if spec.reductions:   # kernel contract v2: scratch of the per-tensor reductions, allocated once
+            self.reduced = np.empty((len(self.chunks), len(spec.reductions)), dtype=np.float64)
+            self.lanes = np.empty((len(self.chunks), len(spec.reductions), 8), dtype=np.float64)
+            self.tensor_values = np.empty((len(params), len(spec.tensor_scalar_names)), dtype=params[0].dtype)
+            self.dtype = params[0].dtype
 
     def _set_grads(self, grads):
         # Refresh the grads' row only when the caller passes other arrays than last step.
@@ -95,11 +100,33 @@ class _NumbaPlan:
         cast = self.cast
         args = (self.chunks, self.table, *map(cast, scalars), *self.flags,
                 cast(1.0 if grad_scale is None else grad_scale), cast(1.0 if grad_factor is None else grad_factor))
+        if self.spec.reductions:
+            self._tensor_scalars(args, scalars, grad_scale is not None, grad_factor is not None)
+            args = (*args, self.tensor_values)
         if self.lock is None:
             kernel(*args)
         else:
             with self.lock:
                 kernel(*args)
+
+    def _tensor_scalars(self, args, scalars, unscale, clip):
+        """Kernel contract v2: the per-tensor reductions in one pass over the group (partials per chunk, combined
+        per tensor in chunk order: fastopt.reference.reduce_tensor's order), then each tensor's scalars."""
+        reducer = codegen.numba_reducer(self.spec.kernel, self.active, unscale, clip)
+        kernel = reducer.parallel if self.parallel else reducer.serial
+        if self.lock is None:
+            kernel(*args, self.lanes, self.reduced)
+        else:
+            with self.lock:
+                kernel(*args, self.lanes, self.reduced)
+        nred = len(self.spec.reductions)
+        per = [[0.0] * nred for _ in range(self.ntensors)]
+        for c, t in enumerate(self.chunk_tensor):
+            row, values = per[t], self.reduced[c]
+            for r in range(nred):
+                row[r] = row[r] + float(values[r])
+        for t in range(self.ntensors):
+            self.tensor_values[t] = self.spec.tensor_scalars(scalars, tuple(per[t]), self.dtype)
 
     def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
         """Per tensor, the reduction `op` (fastopt.reference.REDUCTIONS) of the gradients as the update sees them

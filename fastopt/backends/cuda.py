@@ -503,6 +503,9 @@ class CudaBackend:
             target.set(source)
 
     def prepare(self, spec, params, slots, flags):
+        if spec.reductions:
+            raise NotImplementedError(f"{spec.class_name}: the cuda backend does not run optimizers with per-tensor "
+                                      "reductions yet (kernel contract v2); use backend='cpu' or 'numpy'")
         return _CudaPlan(spec, [self.as_array(p) for p in params],
                          {k: None if v is None else [self.as_array(a) for a in v] for k, v in slots.items()}, flags)
 
