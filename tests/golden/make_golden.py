@@ -222,13 +222,19 @@ def main(argv=None) -> int:
                     help="write (or check) only this optimizer's files, leaving every other file alone")
     args = ap.parse_args(argv)
     pattern = "*.npz" if args.only is None else f"{args.only}-*.npz"
-    if args.check:
+    return write_or_check(lambda out: generate(out, args.only), DATA, args.check, pattern)
+
+
+def write_or_check(generate, folder: Path, check: bool, pattern: str = "*.npz") -> int:
+    """Every golden script's command: regenerate `folder`'s files matching `pattern` with `generate(out) -> [paths]`,
+    or, with `check`, regenerate into a temporary folder and report files that differ or are no longer made."""
+    if check:
         with tempfile.TemporaryDirectory() as tmp:
-            fresh = generate(Path(tmp), args.only)
+            fresh = generate(Path(tmp))
             names = {p.name for p in fresh}
-            stored = {p.name for p in DATA.glob(pattern)}
+            stored = {p.name for p in folder.glob(pattern)}
             differ = sorted(p.name for p in fresh
-                            if not (DATA / p.name).exists() or (DATA / p.name).read_bytes() != p.read_bytes())
+                            if not (folder / p.name).exists() or (folder / p.name).read_bytes() != p.read_bytes())
             stale = sorted(stored - names)
         for n in differ:
             print("differs:", n)
@@ -236,13 +242,12 @@ def main(argv=None) -> int:
             print("stale (no longer generated):", n)
         print(f"{len(fresh)} files checked, {len(differ)} differ, {len(stale)} stale")
         return 1 if differ or stale else 0
-    for old in DATA.glob(pattern):
+    for old in folder.glob(pattern):
         old.unlink()
-    written = generate(DATA, args.only)
+    written = generate(folder)
     total = sum(p.stat().st_size for p in written)
-    print(f"wrote {len(written)} files, {total / 1024:.0f} KiB, to {DATA}")
+    print(f"wrote {len(written)} files, {total / 1024:.0f} KiB, to {folder}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -29,7 +28,7 @@ for path in (str(ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from make_golden import DTYPES, STEPS, draw, full_hyper, write_npz  # noqa: E402 - after the paths
+from make_golden import DTYPES, STEPS, draw, full_hyper, write_npz, write_or_check  # noqa: E402 - after the paths
 
 from fastopt.records import RECORDS  # noqa: E402
 
@@ -86,19 +85,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="regenerate into a temporary folder and compare")
     args = ap.parse_args(argv)
-    if args.check:
-        with tempfile.TemporaryDirectory() as tmp:
-            fresh = generate(Path(tmp))
-            differ = [p.name for p in fresh if not (OUT / p.name).exists() or
-                      (OUT / p.name).read_bytes() != p.read_bytes()]
-        print(f"{len(fresh)} files checked, {len(differ)} differ: {differ}")
-        return 1 if differ else 0
-    for old in OUT.glob("*.npz"):
-        old.unlink()
-    written = generate(OUT)
-    print(f"wrote {len(written)} files to {OUT}")
-    return 0
-
+    return write_or_check(generate, OUT, args.check)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -30,7 +29,7 @@ if str(ROOT) not in sys.path:
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from make_golden import full_hyper, write_npz  # noqa: E402
+from make_golden import full_hyper, write_npz, write_or_check  # noqa: E402
 
 STEPS = 14
 SWITCHES = (1, 5, 6, 11)      # eval() then train() before these steps (0-based): after 1 step, twice in a row, late
@@ -123,19 +122,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="regenerate into a temporary folder and compare")
     args = ap.parse_args(argv)
-    if args.check:
-        with tempfile.TemporaryDirectory() as tmp:
-            fresh = generate(Path(tmp))
-            differ = [p.name for p in fresh if not (OUT / p.name).exists()
-                      or (OUT / p.name).read_bytes() != p.read_bytes()]
-        print(f"{len(fresh)} files checked, {len(differ)} differ: {differ}")
-        return 1 if differ else 0
-    for old in OUT.glob("*.npz"):
-        old.unlink()
-    written = generate(OUT)
-    print(f"wrote {len(written)} files, {sum(p.stat().st_size for p in written) / 1024:.0f} KiB, to {OUT}")
-    return 0
-
+    return write_or_check(generate, OUT, args.check)
 
 if __name__ == "__main__":
     sys.exit(main())
