@@ -103,6 +103,15 @@ def direction(g, param, grad_sign, weight_decay, decay):
     return d
 
 
+@njit(inline="always", **SPAN_OPTIONS)
+def lerp(start, end, weight):
+    """torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): both formulas,
+    then a select on the weight (a branch there stops LLVM vectorising the generated loop)."""
+    near_start = start + weight * (end - start)
+    near_end = end - (end - start) * (type(start)(1) - weight)
+    return near_start if abs(weight) < 0.5 else near_end
+
+
 def chunk_table(sizes, chunk=CHUNK):
     """int64 rows (tensor, start, stop) covering every element of every tensor once; empty tensors get no row."""
     rows = [(t, start, min(start + chunk, n)) for t, n in enumerate(sizes) for start in range(0, n, chunk)]

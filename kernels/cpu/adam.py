@@ -5,7 +5,7 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS
+from ._common import ELEMENT_OPTIONS, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
@@ -16,9 +16,7 @@ def element(p, g, m, v, v_max, lr, grad_sign, weight_decay, beta1, one_minus_bet
     d = g * grad_sign
     if weight_decay != 0 and not decoupled:
         d = d + weight_decay * p
-    near_start = m + one_minus_beta1 * (d - m)   # torch.lerp's two formulas (fastopt.reference._lerp): both, then a
-    near_end = d - (d - m) * (type(m)(1) - one_minus_beta1)   # select, as a branch here stops vectorising
-    m = near_start if abs(one_minus_beta1) < 0.5 else near_end
+    m = lerp(m, d, one_minus_beta1)
     v = beta2 * v + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
     second = v
     if amsgrad:

@@ -5,15 +5,13 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS, direction
+from ._common import ELEMENT_OPTIONS, direction, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
 def element(p, g, exp_avg, exp_inf, grad_sign, weight_decay, one_minus_beta1, beta2, eps, clr):
     d = direction(g, p, grad_sign, weight_decay, weight_decay != 0)
-    near_start = exp_avg + one_minus_beta1 * (d - exp_avg)   # torch.lerp's two formulas (fastopt.reference._lerp):
-    near_end = d - (d - exp_avg) * (type(exp_avg)(1) - one_minus_beta1)   # both, then a select
-    exp_avg = near_start if abs(one_minus_beta1) < 0.5 else near_end
+    exp_avg = lerp(exp_avg, d, one_minus_beta1)
     decayed = exp_inf * beta2
     bound = abs(d) + eps
     exp_inf = decayed if (decayed > bound or np.isnan(decayed)) else bound   # torch.maximum: NaN wins

@@ -5,7 +5,7 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS, direction
+from ._common import ELEMENT_OPTIONS, direction, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
@@ -14,9 +14,7 @@ def element(p, g, exp_avg, exp_avg_sq, grad_sign, weight_decay, decay_factor, on
     if decoupled and weight_decay != 0:
         p = p * decay_factor
     d = direction(g, p, grad_sign, weight_decay, weight_decay != 0 and not decoupled)
-    near_start = exp_avg + one_minus_beta1 * (d - exp_avg)   # torch.lerp's two formulas (fastopt.reference._lerp):
-    near_end = d - (d - exp_avg) * (type(exp_avg)(1) - one_minus_beta1)   # both, then a select
-    exp_avg = near_start if abs(one_minus_beta1) < 0.5 else near_end
+    exp_avg = lerp(exp_avg, d, one_minus_beta1)
     exp_avg_sq = beta2 * exp_avg_sq + (one_minus_beta2 * d) * d   # torch's addcmul order
     denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
     p = p + (grad_step * d) / denom           # torch's two addcdivs, in its order

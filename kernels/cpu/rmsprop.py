@@ -5,7 +5,7 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS, direction
+from ._common import ELEMENT_OPTIONS, direction, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
@@ -14,9 +14,7 @@ def element(p, g, sq, buf, g_avg, lr, grad_sign, weight_decay, alpha, one_minus_
     d = direction(g, p, grad_sign, weight_decay, weight_decay != 0)
     sq = alpha * sq + (one_minus_alpha * d) * d   # torch's addcmul order: d * d alone overflows sooner
     if centered:
-        near_start = g_avg + one_minus_alpha * (d - g_avg)   # torch.lerp's two formulas (fastopt.reference._lerp):
-        near_end = d - (d - g_avg) * (type(sq)(1) - one_minus_alpha)   # both, then a select (a branch stops
-        g_avg = near_start if abs(one_minus_alpha) < 0.5 else near_end   # vectorising)
+        g_avg = lerp(g_avg, d, one_minus_alpha)
         variance = sq - g_avg * g_avg
         if sq == np.inf and abs(g_avg) < np.inf:   # plain comparisons: np.isinf here stops vectorising
             variance = sq   # torch's fused s - mean * mean: inf - finite, never inf - inf (see the reference)

@@ -7,16 +7,14 @@ fastopt.optimizers.schedulefree.
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS
+from ._common import ELEMENT_OPTIONS, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
 def element(p, g, z, v, lr, ckp1, y_step, beta2, one_minus_beta2, bias_correction2, eps, weight_decay, first,
             adaptive, switch):
     end = g if switch else (p if first != 0 else z)   # the first step's z is the param itself (the package clones)
-    near_start = p + ckp1 * (end - p)   # torch.lerp's two formulas (fastopt.reference._lerp): both, then a select
-    near_end = end - (end - p) * (type(p)(1) - ckp1)
-    y = near_start if abs(ckp1) < 0.5 else near_end
+    y = lerp(p, end, ckp1)
     if switch:
         return y, z, v
     d = g

@@ -5,14 +5,6 @@
 // (AdamW: the parameter shrinks by decay_factor, the gradient is left alone).
 #include "common.cuh"
 
-// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
-// the formula, and 1 - weight is rounded in C.
-template <typename C>
-__device__ __forceinline__ C fo_adam_lerp(C start, C end, C weight) {
-    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
-                                                 : end - (end - start) * (C(1) - weight);
-}
-
 template <typename C, bool AMSGRAD, bool DECOUPLED>
 struct fo_adam_op {
     FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
@@ -26,7 +18,7 @@ struct fo_adam_op {
         } else {
             d = fo_direction(p, g, grad_sign, weight_decay);
         }
-        s[0] = fo_adam_lerp(s[0], d, one_minus_beta1);
+        s[0] = fo_lerp(s[0], d, one_minus_beta1);
         s[1] = beta2 * s[1] + (one_minus_beta2 * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         C second = s[1];
         if (AMSGRAD) {

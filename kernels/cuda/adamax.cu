@@ -3,14 +3,6 @@
 // weight_decay, one_minus_beta1, beta2, eps, clr (lr / bias_correction1).
 #include "common.cuh"
 
-// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
-// the formula, and 1 - weight is rounded in C.
-template <typename C>
-__device__ __forceinline__ C fo_adamax_lerp(C start, C end, C weight) {
-    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
-                                                 : end - (end - start) * (C(1) - weight);
-}
-
 template <typename C>
 struct fo_adamax_op {
     FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
@@ -18,7 +10,7 @@ struct fo_adamax_op {
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         const C d = fo_direction(p, g, grad_sign, weight_decay);
-        s[0] = fo_adamax_lerp(s[0], d, one_minus_beta1);
+        s[0] = fo_lerp(s[0], d, one_minus_beta1);
         const C magnitude = d < C(0) ? -d : d;  // |d| by a comparison, as fo_nan_max: no math header needed
         s[1] = fo_nan_max(s[1] * beta2, magnitude + eps);  // torch.maximum(exp_inf * beta2, |d| + eps)
         p = p - (clr * s[0]) / s[1];  // torch's addcdiv order

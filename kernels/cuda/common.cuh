@@ -94,6 +94,14 @@ template <> struct fo_io<fo_bf16, float> {
 __device__ __forceinline__ float fo_sqrt(float x) { return sqrtf(x); }     // correctly rounded (-prec-sqrt=true)
 __device__ __forceinline__ double fo_sqrt(double x) { return sqrt(x); }
 
+// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
+// the formula, and 1 - weight is rounded in C.
+template <typename C>
+__device__ __forceinline__ C fo_lerp(C start, C end, C weight) {
+    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
+                                                 : end - (end - start) * (C(1) - weight);
+}
+
 // torch.maximum / numpy.maximum: NaN in either operand wins.
 template <typename C>
 __device__ __forceinline__ C fo_nan_max(C a, C b) { return (a > b || a != a) ? a : b; }

@@ -4,14 +4,6 @@
 // (the two addcdiv values, from the param's mu_product, host state). Flags: DECOUPLED (decoupled_weight_decay).
 #include "common.cuh"
 
-// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
-// the formula, and 1 - weight is rounded in C.
-template <typename C>
-__device__ __forceinline__ C fo_nadam_lerp(C start, C end, C weight) {
-    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
-                                                 : end - (end - start) * (C(1) - weight);
-}
-
 template <typename C, bool DECOUPLED>
 struct fo_nadam_op {
     FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
@@ -25,7 +17,7 @@ struct fo_nadam_op {
         } else {
             d = fo_direction(p, g, grad_sign, weight_decay);
         }
-        s[0] = fo_nadam_lerp(s[0], d, one_minus_beta1);
+        s[0] = fo_lerp(s[0], d, one_minus_beta1);
         s[1] = beta2 * s[1] + (one_minus_beta2 * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         const C denom = fo_sqrt(s[1] / bias_correction2) + eps;
         p = p + (grad_step * d) / denom;  // torch's two addcdivs, in its order

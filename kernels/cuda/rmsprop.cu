@@ -3,14 +3,6 @@
 // one_minus_alpha, eps, momentum. Flags: CENTERED (grad_avg active), USE_MOMENTUM (momentum_buffer active).
 #include "common.cuh"
 
-// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): the weight picks
-// the formula, and 1 - weight is rounded in C.
-template <typename C>
-__device__ __forceinline__ C fo_rmsprop_lerp(C start, C end, C weight) {
-    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
-                                                 : end - (end - start) * (C(1) - weight);
-}
-
 template <typename C, bool CENTERED, bool USE_MOMENTUM>
 struct fo_rmsprop_op {
     FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
@@ -21,7 +13,7 @@ struct fo_rmsprop_op {
         s[0] = alpha * s[0] + (one_minus_alpha * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         C avg;
         if (CENTERED) {
-            s[2] = fo_rmsprop_lerp(s[2], d, one_minus_alpha);
+            s[2] = fo_lerp(s[2], d, one_minus_alpha);
             C variance = s[0] - s[2] * s[2];
             // torch fuses s - mean * mean: with s = +inf and mean finite it gets inf, never inf - inf = NaN.
             // Comparisons only (x - x is 0 for finite x, NaN for inf and NaN), as fo_nan_max: no math header needed.

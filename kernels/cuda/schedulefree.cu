@@ -6,13 +6,6 @@
 // slot touched).
 #include "common.cuh"
 
-// torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp).
-template <typename C>
-__device__ __forceinline__ C fo_schedulefree_lerp(C start, C end, C weight) {
-    return (weight < C(0.5) && weight > C(-0.5)) ? start + weight * (end - start)
-                                                 : end - (end - start) * (C(1) - weight);
-}
-
 template <typename C, bool ADAPTIVE, bool SWITCH>
 struct fo_schedulefree_op {
     FO_OP_MEMBERS   // generated (fastopt.codegen): NSLOTS and the declaration's scalars as members
@@ -20,7 +13,7 @@ struct fo_schedulefree_op {
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
         if (SWITCH) {
-            p = fo_schedulefree_lerp(p, g, ckp1);
+            p = fo_lerp(p, g, ckp1);
             return;
         }
         const C z = first != C(0) ? p : s[0];  // the first step's z is the param itself (the package clones it)
@@ -30,7 +23,7 @@ struct fo_schedulefree_op {
             d = g / (fo_sqrt(s[1] / bias_correction2) + eps);
         }
         if (weight_decay != C(0)) d = d + weight_decay * p;
-        const C y = fo_schedulefree_lerp(p, z, ckp1);
+        const C y = fo_lerp(p, z, ckp1);
         s[0] = z - lr * d;
         p = y + y_step * d;
     }
