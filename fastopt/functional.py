@@ -168,7 +168,7 @@ def init_state(optimizer, params, backend=None, **hyper) -> dict:
     hyper = with_defaults(spec, hyper)
     backend = dispatch.choose_backend(list(params), backend)
     arrays = [backend.as_array(p) for p in params]
-    state = {slot.name: state_arrays(backend, arrays, slot.init(hyper)) for slot in spec.active_slots(hyper)
+    state = {slot.name: slot_arrays(backend, arrays, slot, hyper) for slot in spec.active_slots(hyper)
              if slot.name != spec.first_step_slot}
     for h in spec.host_state:  # host scalar state: a list of floats, one per param, replaced by each update()
         state[h.name] = [float(h.init(hyper))] * len(arrays)
@@ -181,30 +181,52 @@ def _element_offset(array, width: int) -> int:
     return 0 if memory is None else (memory[0] // array.dtype.itemsize) % width
 
 
-def state_arrays(backend, params, value) -> list:
+def state_arrays(backend, params, value, shapes=None) -> list:
     """One state array per param, filled with `value`: views of one buffer per state dtype, in params' order.
 
     Each view starts at its param's element offset modulo the vector width (16 bytes of state), so a param and its
     state are either both aligned for vector access or misaligned alike, and the kernels' vector body covers every
     element but heads and tails. Params laid out back to back (`fastopt.flatten`) get state back to back too (the
     offsets then follow by themselves), and a backend can update the whole group as one span of memory.
+
+    `shapes` (shaped state, see fastopt.specs.Slot): per param, its array's shape, or None for no array (the list
+    then holds None there); each such array starts at a 16-byte boundary. None: every array shaped like its param.
     """
     arrays: list = [None] * len(params)
-    for dtype, indices in indices_by(backend.state_dtype(p.dtype) for p in params).items():
+    if shapes is None:
+        shapes = [None] * len(params)
+        own = [True] * len(params)
+    else:
+        own = [False] * len(params)
+        shapes = [None if s is None else tuple(s) for s in shapes]
+    keep = [i for i in range(len(params)) if own[i] or shapes[i] is not None]
+    for dtype, indices in indices_by(backend.state_dtype(params[i].dtype) for i in keep).items():
+        indices = [keep[k] for k in indices]
         width = max(1, VECTOR_BYTES // _itemsize(dtype))
-        offsets, cursor = [], 0
+        offsets, cursor, sizes = [], 0, []
         for i in indices:
-            if params[i].size:
-                cursor += (_element_offset(params[i], width) - cursor) % width
+            size = int(params[i].size) if own[i] else math.prod(shapes[i])
+            if size:
+                target = _element_offset(params[i], width) if own[i] else 0
+                cursor += (target - cursor) % width
             offsets.append(cursor)
-            cursor += int(params[i].size)
+            sizes.append(size)
+            cursor += size
         # width - 1 spare elements let the first view start at a 16-byte boundary whatever the allocator returned
         buffer = backend.full_like(params[indices[0]], value, dtype, size=cursor + width - 1)
         start = (-(_element_offset(buffer, width))) % width
-        for i, offset in zip(indices, offsets):
+        for i, offset, size in zip(indices, offsets, sizes):
             begin = start + offset
-            arrays[i] = buffer[begin:begin + int(params[i].size)].reshape(params[i].shape)
+            arrays[i] = buffer[begin:begin + size].reshape(params[i].shape if own[i] else shapes[i])
     return arrays
+
+
+def slot_arrays(backend, params, slot, hyper) -> list:
+    """A slot's fresh arrays, one per param (None where the param keeps no such slot: fastopt.specs.Slot.shape)."""
+    value = slot.init(hyper)
+    if slot.shape is None:
+        return state_arrays(backend, params, value)
+    return state_arrays(backend, params, value, [slot.shape_for(p.shape, hyper) for p in params])
 
 
 def _itemsize(dtype) -> int:
@@ -229,13 +251,21 @@ def check_state(spec, hyper, params, state, backend, names) -> None:
         for i, (p, s, name) in enumerate(zip(params, arrays, names)):
             where = f"state[{slot.name!r}][{i}]"
             want = backend.state_dtype(p.dtype)
+            shape = slot.shape_for(p.shape, hyper)
+            if shape is None or s is None:   # shaped state: this param keeps no such slot (or should keep one)
+                if shape is not None or s is not None:
+                    raise ValueError(f"{where}: expected {'None' if shape is None else f'an array of shape {shape}'}"
+                                     f" for {name} of shape {tuple(p.shape)}, got "
+                                     f"{'None' if s is None else type(s).__name__}")
+                continue
             if not backend.owns(s):
                 raise TypeError(f"{where}: expected an array the {backend.name} backend updates, got "
                                 f"{type(s).__name__}")
             if s.dtype != want:
                 raise TypeError(f"{where}: expected dtype {want} for {name}, got {s.dtype}")
-            if s.shape != p.shape:
-                raise ValueError(f"{where}: expected shape {tuple(p.shape)} like {name}, got {tuple(s.shape)}")
+            if tuple(s.shape) != shape:
+                raise ValueError(f"{where}: expected shape {shape} for {name} of shape {tuple(p.shape)}, got "
+                                 f"{tuple(s.shape)}")
             if not _is_contiguous(s):
                 raise ValueError(f"{where}: expected a C-contiguous array")
             _check_writable(s, where, "state")
@@ -404,7 +434,8 @@ def _run_with_host(spec, prepared, hyper, step, host) -> list:
     backend, held = prepared.backend, dict(prepared.held)
     runs = []  # every update prepared before any runs
     for values, indices in by_host.items():
-        slots = {name: [backend.as_array(arrays[i]) for i in indices] for name, arrays in held.items()}
+        slots = {name: [None if arrays[i] is None else backend.as_array(arrays[i]) for i in indices]
+                 for name, arrays in held.items()}
         update = FusedUpdate(spec, [backend.as_array(prepared.params[i]) for i in indices], slots, hyper, backend)
         runs.append((values, indices, update))
     after: list = [None] * len(host)
@@ -441,9 +472,11 @@ def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared
     check_state(spec, hyper, arrays, state, backend, names)
     slots = dict(state)
     if creates:  # the first step's buffer (zeros: the first step's scalars ignore it); joins `state` once it ran
-        slots[spec.first_step_slot] = state_arrays(backend, arrays, 0.0)
+        slot = next(s for s in spec.slots if s.name == spec.first_step_slot)
+        slots[spec.first_step_slot] = state_arrays(backend, arrays, 0.0, None if slot.shape is None else
+                                                   [slot.shape_for(a.shape, hyper) for a in arrays])
     active = spec.active_slots(hyper)
-    views = {s.name: [backend.as_array(a) for a in slots[s.name]] for s in active}
+    views = {s.name: [None if a is None else backend.as_array(a) for a in slots[s.name]] for s in active}
     held = [(s.name, list(slots[s.name])) for s in active]  # copies: a list edited in place must not match
     update = FusedUpdate(spec, arrays, views, hyper, backend)
     return _Prepared(params, held, update, backend, grads, [backend.as_array(g) for g in grads])

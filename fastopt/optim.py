@@ -381,9 +381,9 @@ class Optimizer:
             for slot in self.spec.slots:
                 if slot.name not in record.state:
                     continue
-                arrays = functional.state_arrays(self.backend, views, slot.init(hyper))
+                arrays = functional.slot_arrays(self.backend, views, slot, hyper)
                 for target, j in zip(arrays, kept):
-                    if j is not None:
+                    if j is not None and target is not None and record.state[slot.name][j] is not None:
                         target[...] = record.state[slot.name][j]
                 state[slot.name] = arrays
             rebuild = True
@@ -391,7 +391,7 @@ class Optimizer:
         if missing:
             state = dict(state)
             for slot in missing:
-                state[slot.name] = functional.state_arrays(self.backend, views, slot.init(hyper))
+                state[slot.name] = functional.slot_arrays(self.backend, views, slot, hyper)
                 if slot.name == self.spec.first_step_slot:
                     steps = [0] * len(views)  # torch's SGD: the step that creates the buffer is a first step
             rebuild = True
@@ -427,7 +427,8 @@ class Optimizer:
                     if record.steps[i] == 0 and not record.state:
                         continue  # like torch: no entry until the first step
                     for name, arrays in record.state.items():
-                        entry[name] = self.backend.to_numpy(arrays[i])
+                        if arrays[i] is not None:   # shaped state: None where this param keeps no such slot
+                            entry[name] = self.backend.to_numpy(arrays[i])
                     if record.host[i] is not None:  # host state: plain floats under the oracle's names
                         entry.update(zip((h.name for h in self.spec.host_state), record.host[i]))
                     if entry:
@@ -478,10 +479,15 @@ class Optimizer:
                 if unknown:
                     raise ValueError(f"state_dict: state[{key!r}] has entries {unknown} that {self.spec.name} does "
                                      f"not keep (expected {sorted(known)}): the state of another optimizer?")
+                shapes = {s.name: s.shape_for(record.views[i].shape, hyper) for s in active}
                 present = {s.name for s in active if entry.get(s.name) is not None}
+                stray = sorted(name for name in present if shapes[name] is None)
+                if stray:   # shaped state (fastopt.specs.Slot.shape): a slot this param does not keep
+                    raise ValueError(f"state_dict: state[{key!r}] has {stray}, which {self.spec.name} does not keep "
+                                     f"for a param of shape {tuple(record.views[i].shape)}")
                 if self.spec.counts_steps:
                     step = self._checked_step(entry.get("step", 0), key)
-                    lost = [s.name for s in active if s.name not in present]
+                    lost = [s.name for s in active if s.name not in present and shapes[s.name] is not None]
                     if step > 0 and lost:
                         raise ValueError(f"state_dict: state[{key!r}] has step {step} but no {lost}: damaged state "
                                          "(refusing to restart them from zeros)")
@@ -493,9 +499,11 @@ class Optimizer:
                 hosts.append(self._checked_host(entry, key, step))
                 for name in present:
                     slots.setdefault(name, [None] * n)[i] = self._checked_array(
-                        entry[name], record.views[i], key, name)
+                        entry[name], record.views[i], key, name, shapes[name])
             for name, arrays in slots.items():
-                if any(a is None for a in arrays):
+                slot = next(s for s in active if s.name == name)
+                if any(a is None and slot.shape_for(v.shape, hyper) is not None
+                       for a, v in zip(arrays, record.views)):
                     raise ValueError(f"state_dict: slot {name!r} is saved for some params of group {index} "
                                      "but not for all")
             new.append((hyper, steps, slots, hosts))
@@ -505,9 +513,11 @@ class Optimizer:
             record.host = hosts
             state = {}
             for name, values in slots.items():
-                state[name] = functional.state_arrays(self.backend, record.views, 0.0)
+                slot = next(s for s in self.spec.slots if s.name == name)
+                state[name] = functional.slot_arrays(self.backend, record.views, slot, hyper)
                 for target, source in zip(state[name], values):
-                    self.backend.copy_into(target, source)
+                    if target is not None:
+                        self.backend.copy_into(target, source)
             record.state = state
             record.updates = None
             record.hyper_key = None
@@ -541,7 +551,7 @@ class Optimizer:
                              f"got {step!r}")
         return int(value)
 
-    def _checked_array(self, value, param, key, name):
+    def _checked_array(self, value, param, key, name, shape=None):
         import numpy as np
 
         try:
@@ -550,9 +560,10 @@ class Optimizer:
             raise TypeError(f"state_dict: state[{key!r}][{name!r}] cannot be read as a NumPy array "
                             f"({type(error).__name__}: {error}); convert it first, e.g. t.detach().cpu().numpy()"
                             ) from None
-        if array.shape != tuple(param.shape):
-            raise ValueError(f"state_dict: state[{key!r}][{name!r}] has shape {array.shape}, "
-                             f"the param has {tuple(param.shape)}")
+        want = tuple(param.shape) if shape is None else tuple(shape)
+        if array.shape != want:
+            raise ValueError(f"state_dict: state[{key!r}][{name!r}] has shape {array.shape}, expected {want} "
+                             f"(the param has {tuple(param.shape)})")
         if array.dtype.kind != "f":
             raise TypeError(f"state_dict: state[{key!r}][{name!r}] must be floating point, got {array.dtype}")
         return array.astype(self.backend.state_dtype(param.dtype), copy=False)
@@ -582,10 +593,13 @@ class Optimizer:
         for where, params, names, labels, state, steps in saved["groups"]:
             record = _Group(where, params, names, labels, [self.backend.as_array(p) for p in params])
             record.steps = list(steps)
+            slots = {s.name: s for s in self.spec.slots}
             for name, arrays in state.items():  # one aligned buffer per slot again, as the original had
-                record.state[name] = functional.state_arrays(self.backend, record.views, 0.0)
+                shapes = None if slots[name].shape is None else [None if a is None else a.shape for a in arrays]
+                record.state[name] = functional.state_arrays(self.backend, record.views, 0.0, shapes)
                 for target, source in zip(record.state[name], arrays):
-                    target[...] = source
+                    if target is not None:
+                        target[...] = source
             self._groups.append(record)
         for record, host in zip(self._groups, saved.get("host", ())):  # host state values, per param
             record.host = list(host)

@@ -70,6 +70,9 @@ class Record:
     # the grid also reaches branches the flags alone do not (e.g. SGD's dampening).
     cuda_grid: dict = field(default_factory=dict)
     golden_tolerance: GoldenTolerance | None = None
+    # The golden files' param shapes (tests/golden/make_golden.py), when the default SHAPES do not reach every
+    # branch (Adafactor: 3-D and 1x1 tensors, factored over their last two dims).
+    golden_shapes: tuple = ()
     bench: tuple[BenchCase, ...] = ()
     convergence: tuple[ConvergenceEntry, ...] = ()
 

@@ -116,6 +116,16 @@ def function(family: str):
     return module.reference
 
 
+def new_slots(spec, param, hyper) -> list:
+    """One param's fresh state, per slot of `spec.slots`: an array of the slot's shape for this param filled with
+    its init value, or None where the param keeps no such slot (inactive, or shaped state: fastopt.specs.Slot)."""
+    out = []
+    for s in spec.slots:
+        shape = s.shape_for(np.shape(param), hyper)
+        out.append(None if shape is None else np.full(shape, s.init(hyper), dtype=np.asarray(param).dtype))
+    return out
+
+
 def run(spec, params, grads, slots, scalars, flags, grad_scale=None, grad_factor=None) -> None:
     """One step of `spec` over a list of tensors, in place: `slots` holds, per slot of `spec.slots`, a list of arrays
     (one per param) or None for an inactive slot (the function then gets None). The gradient the update sees is
@@ -151,7 +161,7 @@ def tensor_scalars(spec, param, grad, slots, scalars, flags) -> tuple:
             x = update_function(spec.kernel)(param, grad, *slots, *scalars, *flags)
         else:
             x = slots[names.index(r.of)]
-        reduced.append(reduce_tensor(x, r.op))
+        reduced.append(float(np.size(x)) if r.op == "count" else reduce_tensor(x, r.op))
     return tuple(spec.tensor_scalars(scalars, tuple(reduced), param.dtype))
 
 

@@ -83,10 +83,27 @@ def _no_cross_check(hyper):
 
 @dataclass(frozen=True)
 class Slot:
-    """A state array shaped like the parameter, filled with `init(hyper)` when first needed."""
+    """A state array, filled with `init(hyper)` when first needed, for the params whose hyperparameters make it
+    `active`.
+
+    Shaped state (kernel contract v2): `shape` None (the default) gives the slot its param's shape; else
+    `shape(param_shape, hyper)`, a module-level function, gives this param's slot shape (a tuple), or None when
+    the param keeps no such slot (Adafactor: `row_var` and `col_var` for params of 2 or more dimensions,
+    `variance` for the others). The layers that allocate, check, save and load state ask `shape_for`, so a slot
+    absent for some params is a None in its per-param list, and none of them special-cases an optimizer."""
     name: str
     init: Callable[[dict], float] = _zero
     active: Callable[[dict], bool] = _always
+    shape: Callable[[tuple, dict], tuple | None] | None = None
+
+    def shape_for(self, param_shape, hyper: dict) -> tuple | None:
+        """This slot's shape for a param of `param_shape` under `hyper`, None when the param has no such slot."""
+        if not self.active(hyper):
+            return None
+        if self.shape is None:
+            return tuple(param_shape)
+        out = self.shape(tuple(param_shape), hyper)
+        return None if out is None else tuple(int(n) for n in out)
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,8 @@ _REPLAYED: dict = {}   # (advance, hyper) -> (the next step, host values before 
 @dataclass(frozen=True)
 class Reduction:
     """A per-tensor reduction the update reads (kernel contract v2): `op` (one of the lane-summed
-    fastopt.reference.TENSOR_REDUCTIONS: sumsq, sum, nonfinite, nonzero) of `of`: "param", "grad" (as the update sees
+    fastopt.reference.TENSOR_REDUCTIONS: sumsq, sum, nonfinite, nonzero; or count, the number of elements, which
+    no kernel sums: only Adafactor, with its own plans, asks for it) of `of`: "param", "grad" (as the update sees
     it: unscaled and clipped), a slot's name, or "update" (the family's `update_value`, computed without writing).
     Computed before the update, in float64, in fastopt.reference.reduce_tensor's order."""
     op: str
@@ -204,8 +222,8 @@ class OptimizerSpec:
             value = hyper[h.name]
             if h.check is boolean:
                 out[h.name] = value
-            elif isinstance(value, (tuple, list)):
-                out[h.name] = tuple(float(v) for v in value)
+            elif isinstance(value, (tuple, list)):   # None stays None (Adafactor's eps1: the dtype's eps)
+                out[h.name] = tuple(None if v is None else float(v) for v in value)
             else:
                 out[h.name] = float(value)
         return out
@@ -247,10 +265,10 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
     if bool(spec.host_state) != (spec.advance is not None) or (spec.host_state and not spec.counts_steps):
         raise ValueError(f"{spec.name}: host_state and advance come together, with a step count")
     for r in spec.reductions:
-        if r.op not in ("sumsq", "sum", "nonfinite", "nonzero") or \
+        if r.op not in ("sumsq", "sum", "nonfinite", "nonzero", "count") or \
                 r.of not in ("param", "grad", "update", *(s.name for s in spec.slots)):
-            raise ValueError(f"{spec.name}: reduction {r}: op must be sumsq, sum, nonfinite or nonzero, of param, "
-                             "grad, update or a slot")
+            raise ValueError(f"{spec.name}: reduction {r}: op must be sumsq, sum, nonfinite, nonzero or count, of "
+                             "param, grad, update or a slot")
     if bool(spec.reductions) != bool(spec.tensor_scalar_names):
         raise ValueError(f"{spec.name}: reductions and tensor_scalar_names come together")
     SPECS[spec.name] = spec

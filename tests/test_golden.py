@@ -67,7 +67,7 @@ def replay(meta, arrays, *, step_offset=0):
     dtype = np.dtype(meta["dtype"])
     n = len(meta["shapes"])
     params = [arrays[f"p{i}_init"].copy() for i in range(n)]
-    slots = [[np.full_like(p, s.init(hyper)) if s.active(hyper) else None for s in spec.slots] for p in params]
+    slots = [reference.new_slots(spec, p, hyper) for p in params]
     flags = spec.flags(hyper)
     trajectory = []
     for step in range(1, meta["steps"] + 1):
@@ -89,9 +89,9 @@ def test_reference_follows_torch(path):
     assert sorted(meta["hyper"]) == sorted(spec.defaults), f"{path.stem}: stale golden file, regenerate it"
     trajectory, states = replay(meta, arrays)
     check_trajectory(path, meta, arrays, trajectory)
-    active = sorted(s.name for s in spec.slots if s.active(meta["hyper"]))
     for i, state in enumerate(states):
-        # torch keeps exactly the active slots, under the same names
+        # torch keeps exactly the slots this param has (active, and of a shape for it), under the same names
+        active = sorted(s.name for s in spec.slots if s.shape_for(meta["shapes"][i], meta["hyper"]) is not None)
         assert meta["state_keys"][i] == active, f"{path.stem}: torch's state {meta['state_keys'][i]} != {active}"
         for name, value in state.items():
             check_close(value, arrays[f"p{i}_state_{name}"], f"{path.stem}: state {name} of param {i}", meta)

@@ -112,9 +112,10 @@ def seed_of(*parts: str) -> int:
 def draw(name: str, config: str):
     """Initial params and per-step grads in float64, identical for both dtypes of one configuration."""
     rng = np.random.default_rng(seed_of(name, config))
-    params = [rng.standard_normal(shape) for shape in SHAPES]
+    shapes = RECORDS[name].golden_shapes or SHAPES
+    params = [rng.standard_normal(shape) for shape in shapes]
     scales = 2.0 * 0.75 ** np.arange(STEPS) * rng.uniform(0.5, 1.5, STEPS)
-    grads = [np.stack([s * rng.standard_normal(shape) for s in scales]) for shape in SHAPES]
+    grads = [np.stack([s * rng.standard_normal(shape) for s in scales]) for shape in shapes]
     return params, grads
 
 
