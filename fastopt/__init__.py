@@ -32,6 +32,7 @@ from fastopt.amp import GradScaler  # noqa: E402
 from fastopt.clip import clip_grad_norm_  # noqa: E402
 from fastopt.dispatch import available_backends  # noqa: E402
 from fastopt.flat import flatten  # noqa: E402
+from fastopt.groups import exclude_bias_and_norm  # noqa: E402
 from fastopt.optim import OPTIMIZERS, Optimizer  # noqa: E402
 from fastopt.specs import SPECS  # noqa: E402
 from fastopt.threads import get_num_threads, set_num_threads  # noqa: E402
@@ -42,5 +43,5 @@ __version__ = "0.1.0"
 globals().update({cls.__name__: cls for cls in OPTIMIZERS.values()})
 
 __all__ = ["OPTIMIZERS", "SPECS", "GradScaler", "Optimizer", "__version__", "amp", "available_backends", "clip",
-           "clip_grad_norm_", "flatten", "functional", "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
+           "clip_grad_norm_", "exclude_bias_and_norm", "flatten", "functional", "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
            *sorted(cls.__name__ for cls in OPTIMIZERS.values())]

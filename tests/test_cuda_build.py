@@ -30,6 +30,8 @@ REGISTER_BUDGET = 65536 // (2 * cuda_build.BLOCK)
 
 def test_every_spec_has_a_family_with_its_sources():
     for spec in SPECS.values():
+        if spec.reductions:   # kernel contract v2 families have no CUDA kernels yet (the cuda backend refuses them)
+            continue
         fam = cuda_build.FAMILIES[spec.kernel]
         assert fam.slot_names == tuple(s.name for s in spec.slots)
         assert fam.scalar_names == spec.scalar_names and fam.flag_names == spec.flag_names
@@ -50,6 +52,8 @@ def test_instantiations_cover_every_dtype_flag_and_kind():
     insts = cuda_build.instantiations()
     assert len({i.name for i in insts}) == len(insts)
     for spec in SPECS.values():
+        if spec.reductions:
+            continue
         for dtype in cuda_build.PARAM_TYPES:
             for kind in cuda_build.KINDS:
                 name = cuda_build.kernel_name(spec.kernel, kind, dtype, spec.flags(spec.defaults))

@@ -23,7 +23,7 @@ import pytest
 
 import fastopt
 from fastopt.distributed import NCCLEngine, ShardedOptimizer, as_engine, shard_block
-from fastopt.distributed.sharded import pieces
+from fastopt.distributed.sharded import pieces, splittable
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "distributed" / "run_cases.py"
@@ -193,6 +193,16 @@ def test_nccl_engine_world_of_one_matches_plain_optimizer(name, reduction):
             np.testing.assert_array_equal(saved["state"][key][slot], value)
 
 
+@pytest.mark.parametrize("name", [n for n, s in fastopt.SPECS.items() if not splittable(s)])
+def test_optimizers_reading_whole_tensors_are_refused(name):
+    """LAMB's and LARS's per-tensor norms (and shaped state) would be computed over each rank's piece: refused."""
+    nccl = _FakeNccl()
+    params = [np.ones((4, 3), np.float32)]
+    with pytest.raises(ValueError, match=r"optimizer_class: .* cannot be sharded"):
+        ShardedOptimizer(fastopt.OPTIMIZERS[name], params, _StandInEngine(_HostComm(nccl), nccl))
+    np.testing.assert_array_equal(params[0], 1)
+
+
 def test_bad_input_changes_nothing_single_rank():
     nccl = _FakeNccl()
     params = [np.ones(5, np.float32)]
@@ -241,7 +251,7 @@ def mpi_run(request, tmp_path_factory):
     return request.param, json.loads(out.read_text())["ranks"]
 
 
-ALL = [*fastopt.SPECS, "momentum", "nesterov"]
+ALL = [*(n for n, s in fastopt.SPECS.items() if splittable(s)), "momentum", "nesterov"]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,62 +1,21 @@
-"""LAMB and LARS on kernel contract v2's per-tensor reductions: the reference against optax 0.2.8's golden
-trajectories (tests/golden/lamb_lars, judged as tests/test_golden.py judges data/), the cpu backend against the
-reference bit for bit (several chunks, parallel and serial plans, clipping and AMP folded in), the per-tensor trust
-ratio's meaning, and the cuda backend's refusal.
-
-LAMB and LARS are not registered yet (fastopt/optimizers/lamb.py says why): this module registers their specs and
-records for its own tests and removes them afterwards, so every other test sees the registries as they were."""
+"""LAMB and LARS on kernel contract v2's per-tensor reductions (their optax golden files are judged by
+tests/test_golden.py with the others): the cpu backend against the reference bit for bit (several chunks, parallel and
+serial plans, clipping and AMP folded in), the per-tensor trust ratio's meaning, and the per-group exclusions."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastopt
-from fastopt import codegen, optim, reference
+from fastopt import reference
 from fastopt.kernels.cpu._common import CHUNK
 from fastopt.optimizers import lamb, lars
-from fastopt.records import RECORDS, register_record
 from fastopt.specs import SPECS, OptimizerSpec, Reduction, Slot, register
 
 MODULES = {"LAMB": lamb, "LARS": lars}
-CLASSES: dict = {}
-GOLDEN = sorted((Path(__file__).resolve().parent / "golden" / "lamb_lars").glob("*.npz"))
+CLASSES = {"LAMB": fastopt.LAMB, "LARS": fastopt.LARS}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    for cls, module in MODULES.items():
-        register(module.SPEC)
-        register_record(module.RECORD)
-        CLASSES[cls] = optim._make_class(cls, module.SPEC, {})
-    yield
-    for module in MODULES.values():
-        SPECS.pop(module.SPEC.name)
-        RECORDS.pop(module.RECORD.optimizer)
-    CLASSES.clear()
-
-
-@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
-def test_reference_follows_optax(path):
-    from test_golden import check_trajectory, load, replay
-
-    meta, arrays = load(path)
-    assert sorted(meta["hyper"]) == sorted(SPECS[meta["optimizer"]].defaults), f"{path.stem}: stale golden file"
-    trajectory, states = replay(meta, arrays)
-    check_trajectory(path, meta, arrays, trajectory)
-    for i, state in enumerate(states):
-        for name, value in state.items():
-            np.testing.assert_allclose(value, arrays[f"p{i}_state_{name}"], rtol=4 * np.finfo(value.dtype).eps,
-                                       atol=4 * np.finfo(value.dtype).eps)
-
-
-def test_golden_files_cover_both_dtypes_and_every_config():
-    have = {p.stem for p in GOLDEN}
-    for module in MODULES.values():
-        for config in module.RECORD.golden:
-            for dtype in ("float32", "float64"):
-                assert f"{module.SPEC.name}-{config}-{dtype}" in have
 
 CONFIGS = {
     "LAMB": [dict(lr=0.05), dict(lr=0.01, betas=(0.5, 0.99), eps=1e-3, weight_decay=0.1, maximize=True)],
@@ -161,12 +120,49 @@ def test_plan_scratch_is_allocated_once(monkeypatch):
                                                                      plans[0].tensor_values)))
 
 
-def test_cuda_backend_refuses_per_tensor_reductions():
-    from fastopt.backends.cuda import BACKEND
-    for module in MODULES.values():
-        with pytest.raises(NotImplementedError, match="cuda backend"):
-            BACKEND.prepare(module.SPEC, [], {}, ())
-    assert "lamb" not in codegen.families() and "lamb" in codegen.families(with_reductions=True)
+@pytest.mark.parametrize("cls", sorted(CONFIGS))
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_group_exclusions(cls, backend):
+    """exclude_from_weight_decay is weight_decay 0 bit for bit; exclude_from_trust_ratio is the step with trust ratio
+    1; a group's switches leave the other group alone."""
+    params, grads = _problem(np.float64, (40, 7, 3))
+    hyper = CONFIGS[cls][1]
+    no_decay, _ = _run(cls, backend, params, grads, dict(hyper, weight_decay=0.0))
+    excluded, _ = _run(cls, backend, params, grads, dict(hyper, exclude_from_weight_decay=True))
+    for a, b in zip(excluded, no_decay):
+        np.testing.assert_array_equal(a, b)
+    module = MODULES[cls]
+    p, g = params[0].copy(), grads[0][0]
+    slots = [np.zeros_like(p) for _ in module.SPEC.slots]
+    h = fastopt.functional.with_defaults(module.SPEC, dict(hyper, exclude_from_trust_ratio=True))
+    scalars, flags = module.SPEC.scalars(h, 1), module.SPEC.flags(h)
+    assert module.SPEC.tensor_scalars(scalars, (1.0, 4.0), p.dtype) == (1.0,)
+    module.step(p, g, *slots, *scalars, 1.0, *flags)   # the step with trust ratio 1
+    got, _ = _run(cls, backend, [params[0]], [[grads[0][0]]], dict(hyper, exclude_from_trust_ratio=True))
+    np.testing.assert_array_equal(got[0], p)
+    assert not np.array_equal(got[0], _run(cls, backend, [params[0]], [[grads[0][0]]], hyper)[0][0])
+    both = [p.copy() for p in params]
+    opt = CLASSES[cls]([{"params": both[:2]}, {"params": both[2:], "exclude_from_trust_ratio": True,
+                                                "exclude_from_weight_decay": True}], backend=backend, **hyper)
+    for gs in grads:
+        opt.step([gs[:2], gs[2:]])
+    alone, _ = _run(cls, backend, params[:2], [gs[:2] for gs in grads], hyper)
+    for a, b in zip(both[:2], alone):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_exclude_bias_and_norm_splits_by_ndim():
+    rng = np.random.default_rng(4)
+    weight, bias, scale, conv = rng.standard_normal((4, 3)), np.zeros(4), np.ones(3), rng.standard_normal((2, 3, 3, 3))
+    groups = fastopt.exclude_bias_and_norm([weight, bias, scale, conv], exclude_from_trust_ratio=True)
+    assert [len(g["params"]) for g in groups] == [2, 2]
+    assert groups[0]["params"][0] is weight and groups[0]["params"][1] is conv and set(groups[0]) == {"params"}
+    assert groups[1]["params"][0] is bias and groups[1]["exclude_from_trust_ratio"] is True
+    opt = fastopt.LARS(groups, lr=0.1)
+    assert opt.param_groups[1]["exclude_from_trust_ratio"] and not opt.param_groups[0]["exclude_from_trust_ratio"]
+    assert fastopt.exclude_bias_and_norm([weight]) == [{"params": [weight]}]
+    with pytest.raises(TypeError, match="params"):
+        fastopt.exclude_bias_and_norm(weight)
 
 
 @pytest.mark.parametrize("reductions, names", [

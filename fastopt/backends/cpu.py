@@ -78,7 +78,7 @@ class _NumbaPlan:
         self._grads: list = []
         if spec.reductions:   # kernel contract v2: scratch of the per-tensor reductions, allocated once
             self.reduced = np.empty((len(self.chunks), len(spec.reductions)), dtype=np.float64)
-            self.lanes = np.empty((len(self.chunks), len(spec.reductions), 8), dtype=np.float64)
+            self.lanes = np.empty((len(self.chunks), len(spec.reductions), codegen.REDUCE_BLOCK), dtype=np.float64)
             self.tensor_values = np.empty((len(params), len(spec.tensor_scalar_names)), dtype=params[0].dtype)
             self.dtype = params[0].dtype
 
@@ -190,6 +190,11 @@ class CpuBackend(NumpyArrays):
         return _import_error
 
     def prepare(self, spec, params, slots, flags):
+        if any(s.shape is not None for s in spec.slots):   # shaped state: the family's kernel module brings its plan
+            import importlib
+
+            module = importlib.import_module(f"fastopt.kernels.cpu.{spec.kernel}")
+            return module.Plan(spec, params, slots, flags, _addresses, PARALLEL_MIN_BYTES)
         return _NumbaPlan(spec, params, slots, flags)
 
 

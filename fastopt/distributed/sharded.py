@@ -98,6 +98,13 @@ class _Bucket:
         self.shard_grads = [self.mean[a - self.start:b - self.start] for _, a, b in self.pieces]
 
 
+def splittable(spec) -> bool:
+    """Whether a spec's update of an element reads only that element (and group scalars), so a tensor split between
+    ranks steps as it would whole. Per-tensor reductions (LAMB's and LARS's trust ratios) and slots shaped unlike
+    their param (Adafactor's row and column state) read the whole tensor."""
+    return not getattr(spec, "reductions", ()) and all(getattr(s, "shape", None) is None for s in spec.slots)
+
+
 class ShardedOptimizer:
     """ZeRO-1 around any fastopt optimizer class: state for this rank's shard only, the mean of the ranks' grads.
 
@@ -145,6 +152,9 @@ class ShardedOptimizer:
         if not isinstance(optimizer_class, type) or spec is None or not hasattr(spec, "slots"):
             raise TypeError(f"optimizer_class: expected a fastopt optimizer class (fastopt.Adam, ...), got "
                             f"{optimizer_class!r}")
+        if not splittable(spec):
+            raise ValueError(f"optimizer_class: {optimizer_class.__name__} reads whole tensors (per-tensor norms or "
+                             "state shaped unlike its param), which the shards split; it cannot be sharded yet")
         if reduction not in ("ordered", "engine"):
             raise ValueError(f"reduction: expected 'ordered' or 'engine', got {reduction!r}")
         if not isinstance(copy_back, bool):

@@ -7,8 +7,12 @@ arXiv:1904.00962), following optax.lamb (optax 0.2.8):
 
 Arguments, torch-style, and optax's names: lr = learning_rate (1e-3), betas = (b1, b2) = (0.9, 0.999), eps = eps
 (1e-6), weight_decay = weight_decay (0), maximize (not in optax: follows the negated gradient). State: exp_avg and
-exp_avg_sq (optax's mu and nu). optax's eps_root and mask are not offered (param groups with weight_decay=0 exclude
-biases and norms from the decay; every tensor gets its trust ratio).
+exp_avg_sq (optax's mu and nu). optax's eps_root is not offered.
+
+Per-group switches (optax masks whole tensors; a param group is the torch way to say which):
+`exclude_from_weight_decay=True` drops the decay term (optax's `mask` False), `exclude_from_trust_ratio=True` applies
+the update with trust ratio 1 (optax's chain without scale_by_trust_ratio). Biases and norms are usually put in such a
+group: `fastopt.exclude_bias_and_norm(params, exclude_from_weight_decay=True, exclude_from_trust_ratio=True)`.
 
 The trust ratio is a per-tensor scalar of kernel contract v2: ||p|| and ||u|| are sums of squares in float64 in
 fastopt.reference.reduce_tensor's fixed order (u computed without writing, before the update), their square roots
@@ -29,7 +33,7 @@ import math
 
 import numpy as np
 
-from fastopt.records import BenchCase, Record
+from fastopt.records import BenchCase, Record, register_record
 from fastopt.reference import _direction, tensor_scalars
 from fastopt.specs import (
     Hyper,
@@ -41,13 +45,14 @@ from fastopt.specs import (
     at_least_zero,
     beta_pair,
     boolean,
+    register,
 )
 
 from ._optax import inverse, oracle
 
 
 def update_value(param, grad, exp_avg, exp_avg_sq, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2,
-                 one_minus_beta2, eps, bias_correction1, bias_correction2):
+                 one_minus_beta2, eps, bias_correction1, bias_correction2, use_trust_ratio):
     """The update before the trust ratio (optax: scale_by_adam then add_decayed_weights), state left as it is."""
     d = _direction(param, grad, grad_sign, 0.0)
     m = one_minus_beta1 * d + beta1 * exp_avg
@@ -65,10 +70,10 @@ def reference(param, grad, exp_avg, exp_avg_sq, *scalars):
 
 
 def step(param, grad, exp_avg, exp_avg_sq, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2,
-         one_minus_beta2, eps, bias_correction1, bias_correction2, trust_ratio):
+         one_minus_beta2, eps, bias_correction1, bias_correction2, use_trust_ratio, trust_ratio):
     """optax's order: scale_by_adam, add_decayed_weights (skipped when 0), scale_by_trust_ratio, then -lr."""
     u = update_value(param, grad, exp_avg, exp_avg_sq, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2,
-                     one_minus_beta2, eps, bias_correction1, bias_correction2)
+                     one_minus_beta2, eps, bias_correction1, bias_correction2, use_trust_ratio)
     d = _direction(param, grad, grad_sign, 0.0)
     exp_avg[...] = one_minus_beta1 * d + beta1 * exp_avg
     exp_avg_sq[...] = one_minus_beta2 * (d * d) + beta2 * exp_avg_sq
@@ -86,21 +91,35 @@ def trust_ratio(param_sumsq: float, update_sumsq: float, coefficient: float, eps
 
 
 def _tensor_scalars(scalars, reduced, dtype):
+    if not scalars[-1]:   # use_trust_ratio 0: the group is excluded from the trust ratio
+        return (1.0,)
     return (trust_ratio(reduced[0], reduced[1], 1.0, 0.0, dtype),)
 
 
 def _scalars(h, step):
     beta1, beta2 = h["betas"]
     # 1 - beta ** step in float64 as optax computes it (fastopt/optimizers/_optax.py)
-    return (h["lr"], _grad_sign(h), h["weight_decay"], beta1, 1.0 - beta1, beta2, 1.0 - beta2, h["eps"],
-            1 - beta1 ** step, 1 - beta2 ** step)
+    weight_decay = 0.0 if h["exclude_from_weight_decay"] else h["weight_decay"]
+    return (h["lr"], _grad_sign(h), weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, h["eps"],
+            1 - beta1 ** step, 1 - beta2 ** step, 0.0 if h["exclude_from_trust_ratio"] else 1.0)
 
 
 # ---- the golden oracle: optax.lamb -----------------------------------------------------------------------------------
 
 def _build(optax, h):
     b1, b2 = h["betas"]
-    return optax.lamb(h["lr"], b1=b1, b2=b2, eps=h["eps"], weight_decay=h["weight_decay"])
+    mask = not h["exclude_from_weight_decay"]
+    if h["exclude_from_trust_ratio"]:   # optax.lamb's chain without scale_by_trust_ratio
+        return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=h["eps"]),
+                           optax.add_decayed_weights(h["weight_decay"], mask=lambda p: _mask(p, mask)),
+                           optax.scale_by_learning_rate(h["lr"]))
+    return optax.lamb(h["lr"], b1=b1, b2=b2, eps=h["eps"], weight_decay=h["weight_decay"],
+                      mask=lambda p: _mask(p, mask))
+
+
+def _mask(params, value: bool):
+    """optax's mask pytree: the same value for every param."""
+    return [value for _ in params]
 
 
 def _state_of(state):
@@ -111,7 +130,8 @@ def _state_of(state):
 def _strategy(st):
     return st.fixed_dictionaries(dict(
         lr=st.floats(1e-4, 0.1), betas=st.tuples(st.sampled_from([0.0, 0.5, 0.9]), st.sampled_from([0.9, 0.999])),
-        eps=st.sampled_from([1e-6, 1e-3]), weight_decay=st.sampled_from([0.0, 1e-2, 0.5]), maximize=st.booleans()))
+        eps=st.sampled_from([1e-6, 1e-3]), weight_decay=st.sampled_from([0.0, 1e-2, 0.5]), maximize=st.booleans(),
+        exclude_from_weight_decay=st.booleans(), exclude_from_trust_ratio=st.booleans()))
 
 
 RECORD = Record(
@@ -124,6 +144,9 @@ RECORD = Record(
         "small_wd": {"weight_decay": 0.01},
         "lr_betas_eps": {"lr": 0.01, "betas": [0.8, 0.95], "eps": 1e-3},
         "wd_maximize": {"lr": 3e-3, "weight_decay": 0.1, "maximize": True},
+        "excluded": {"lr": 3e-3, "weight_decay": 0.1, "exclude_from_weight_decay": True,
+                     "exclude_from_trust_ratio": True},
+        "no_trust_ratio": {"lr": 3e-3, "weight_decay": 0.1, "exclude_from_trust_ratio": True},
     },
     oracle=oracle(_build, _state_of),
     bench=(BenchCase("lamb", "LAMB", {"lr": 1e-3}, torch_fused=False),),
@@ -132,17 +155,16 @@ RECORD = Record(
 SPEC = OptimizerSpec(
     name="lamb", class_name="LAMB", kernel="lamb",
     hypers=(Hyper("lr", 1e-3, at_least_zero), Hyper("betas", (0.9, 0.999), beta_pair), Hyper("eps", 1e-6, above_zero),
-            Hyper("weight_decay", 0.0, at_least_zero), Hyper("maximize", False, boolean)),
+            Hyper("weight_decay", 0.0, at_least_zero), Hyper("maximize", False, boolean),
+            Hyper("exclude_from_weight_decay", False, boolean), Hyper("exclude_from_trust_ratio", False, boolean)),
     slots=(Slot("exp_avg"), Slot("exp_avg_sq")),
     scalar_names=("lr", "grad_sign", "weight_decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps",
-                  "bias_correction1", "bias_correction2"),
+                  "bias_correction1", "bias_correction2", "use_trust_ratio"),
     scalars=_scalars,
     reductions=(Reduction("sumsq", "param"), Reduction("sumsq", "update")),
     tensor_scalar_names=("trust_ratio",),
     tensor_scalars=_tensor_scalars,
 )
 
-# Not registered yet: SPECS and RECORDS would hand LAMB to every generic test, and the CUDA tests (host build, compile
-# check, the distributed sharding, which splits tensors and so their norms) and the README table do not take
-# optimizers with per-tensor reductions yet. tests/test_lamb_lars.py registers SPEC and RECORD for its own tests;
-# enabling LAMB is `register(SPEC); register_record(RECORD)` here once those learn to (see the stage-2 report).
+register(SPEC)
+register_record(RECORD)

@@ -26,14 +26,14 @@ def _update(p, m, v, weight_decay, eps, bias_correction1, bias_correction2):
 
 @njit(**ELEMENT_OPTIONS)
 def update_value(p, g, m, v, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                 bias_correction1, bias_correction2):
+                 bias_correction1, bias_correction2, use_trust_ratio):
     _, m, v = _moments(p, g, m, v, grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2)
     return _update(p, m, v, weight_decay, eps, bias_correction1, bias_correction2)
 
 
 @njit(**ELEMENT_OPTIONS)
 def element(p, g, m, v, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-            bias_correction1, bias_correction2, trust_ratio):
+            bias_correction1, bias_correction2, use_trust_ratio, trust_ratio):
     _, m, v = _moments(p, g, m, v, grad_sign, beta1, one_minus_beta1, beta2, one_minus_beta2)
     u = _update(p, m, v, weight_decay, eps, bias_correction1, bias_correction2)
     p = p + (-lr) * (u * trust_ratio)

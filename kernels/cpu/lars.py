@@ -7,7 +7,8 @@ from ._common import ELEMENT_OPTIONS
 
 
 @njit(**ELEMENT_OPTIONS)
-def update_value(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, nesterov):
+def update_value(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, use_trust_ratio,
+                 nesterov):
     u = g * grad_sign
     if weight_decay != 0:
         u = u + weight_decay * p
@@ -15,8 +16,10 @@ def update_value(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficie
 
 
 @njit(**ELEMENT_OPTIONS)
-def element(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, trust_ratio, nesterov):
-    u = update_value(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, nesterov)
+def element(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, use_trust_ratio, trust_ratio,
+            nesterov):
+    u = update_value(p, g, b, lr, grad_sign, weight_decay, momentum, trust_coefficient, trust_eps, use_trust_ratio,
+                     nesterov)
     u = (-lr) * (u * trust_ratio)
     b = u + momentum * b
     p = p + ((u + momentum * b) if nesterov else b)

@@ -16,6 +16,7 @@ from mpi4py import MPI
 
 import fastopt
 from fastopt.distributed import ShardedOptimizer
+from fastopt.distributed.sharded import splittable
 
 WORLD = MPI.COMM_WORLD
 RANK, SIZE = WORLD.Get_rank(), WORLD.Get_size()
@@ -266,7 +267,7 @@ def case_views():
 
 
 def main(out):
-    names = [*fastopt.SPECS, "momentum", "nesterov"]
+    names = [*(n for n, s in fastopt.SPECS.items() if splittable(s)), "momentum", "nesterov"]
     results = {"world_size": SIZE, "trajectory": {n: case_trajectory(n) for n in names}}
     results["engine_reduction"] = case_trajectory("adam", reduction="engine")
     results["resume"] = {n: case_resume(n, 2 if SIZE > 2 else 1) for n in ("adam", "sgd", "rmsprop")}
