@@ -61,7 +61,25 @@ PARAM_TYPES = {
 _HOST_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 
 
-FAMILIES: dict[str, Family] = codegen.families()
+FAMILIES: dict[str, Family] = codegen.cuda_families()
+# The module of reductions that belong to no family (kernels/cuda/reduce.cu): gradient norms for clipping, AMP's
+# non-finite count, fastopt.clip_grad_norm_.
+REDUCE = "reduce"
+REDUCE_KINDS = ("partials", "combine")
+
+
+def modules() -> list[str]:
+    """Everything compiled: every family, then the reductions module."""
+    return [*FAMILIES, REDUCE]
+
+
+def kinds(module: str) -> tuple[str, ...]:
+    """The entry points of a module (fastopt.codegen.cuda_kinds for a family)."""
+    return REDUCE_KINDS if module == REDUCE else codegen.cuda_kinds(FAMILIES[module])
+
+
+def _flag_names(module: str) -> tuple[str, ...]:
+    return () if module == REDUCE else FAMILIES[module].flag_names
 
 
 def kernel_dir() -> Path:
@@ -78,18 +96,19 @@ _source_cache: dict[str, str] = {}
 
 
 def source(family: str) -> str:
-    """The self-contained CUDA C source of a family, exactly what CuPy compiles."""
+    """The self-contained CUDA C source of a family (or of the reductions module), exactly what CuPy compiles."""
     if family not in _source_cache:
-        if family not in FAMILIES:
-            raise KeyError(f"unknown kernel family {family!r}; expected one of {sorted(FAMILIES)}")
+        if family not in FAMILIES and family != REDUCE:
+            raise KeyError(f"unknown kernel family {family!r}; expected one of {sorted(FAMILIES)} or {REDUCE!r}")
         d = kernel_dir()
         common = (d / "common.cuh").read_text()
         text = (d / f"{family}.cu").read_text()
         if not _INCLUDE.search(text):
             raise RuntimeError(f"{family}.cu must #include \"common.cuh\" (spliced in by fastopt.cuda_build)")
-        fam = FAMILIES[family]
-        body = _INCLUDE.sub(lambda m: common + "\n" + codegen.cuda_prelude(fam), text, count=1)
-        body += codegen.cuda_entries(fam)
+        fam = FAMILIES.get(family)
+        prelude = codegen.cuda_prelude(fam) if fam else ""
+        body = _INCLUDE.sub(lambda m: common + "\n" + prelude, text, count=1)
+        body += codegen.cuda_entries(fam) if fam else ""
         digest = hashlib.sha256(body.encode()).hexdigest()[:16]
         _source_cache[family] = f"// fastopt kernel family {family}, source sha256 {digest}\n{body}"
     return _source_cache[family]
@@ -101,11 +120,10 @@ def _cbool(b: bool) -> str:
 
 def kernel_name(family: str, kind: str, dtype: str, flags: tuple) -> str:
     """The CuPy name expression of one instantiation, e.g. 'fo_adam_table<float, float, true, false>'."""
-    fam = FAMILIES[family]
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if len(flags) != len(fam.flag_names):
-        raise ValueError(f"{family}: expected flags {fam.flag_names}, got {flags!r}")
+    if kind not in kinds(family):
+        raise ValueError(f"kind must be one of {kinds(family)}, got {kind!r}")
+    if len(flags) != len(_flag_names(family)):
+        raise ValueError(f"{family}: expected flags {_flag_names(family)}, got {flags!r}")
     p, c = PARAM_TYPES[dtype]
     args = [p, c] + [_cbool(bool(f)) for f in flags]
     return f"fo_{family}_{kind}<{', '.join(args)}>"
@@ -124,24 +142,41 @@ class Instantiation:
 
     def signature(self) -> str:
         """The C parameter list (for an explicit instantiation)."""
-        fam = FAMILIES[self.family]
         p, c = PARAM_TYPES[self.dtype]
+        table = ["const long long*", "long long", "long long", "const unsigned long long*",
+                 "const unsigned long long*", "const long long*", "long long"]
+        if self.family == REDUCE:
+            if self.kind == "partials":
+                params = ["const long long*", "long long", "long long", "const unsigned long long*",
+                          "const long long*", "int", "double", c, "double*"]
+            else:
+                params = ["const long long*", "long long", "int", "const double*", "double*"]
+            return ", ".join(params)
+        fam = FAMILIES[self.family]
         scalars = [c] * len(fam.kernel_scalars)
         if self.kind == "flat":
             params = [f"{p}*", f"const {p}*"] + [f"{c}*"] * len(fam.slot_names) + ["long long"] + scalars
-        else:
-            params = ["const long long*", "long long", "long long", "const unsigned long long*",
-                      "const unsigned long long*", "const long long*", "long long"] + scalars
+        elif self.kind == "table":
+            params = table + scalars + ([f"const {c}*"] if fam.reductions else [])
+        elif self.kind == "reduce":
+            params = table + scalars + ["double*"]
+        else:   # combine
+            params = ["const long long*", "long long", "const double*"] + ["double"] * len(fam.scalar_names) + \
+                ["double*", f"{c}*"]
         return ", ".join(params)
 
     def explicit(self) -> str:
         return f"template __global__ void {self.name}({self.signature()});"
 
 
+def _flag_combinations(module: str) -> list[tuple[bool, ...]]:
+    return [()] if module == REDUCE else FAMILIES[module].flag_combinations()
+
+
 def instantiations(family: str | None = None) -> list[Instantiation]:
-    fams = [family] if family else list(FAMILIES)
+    mods = [family] if family else modules()
     return [Instantiation(f, dtype, flags, kind)
-            for f in fams for dtype in PARAM_TYPES for flags in FAMILIES[f].flag_combinations() for kind in KINDS]
+            for f in mods for dtype in PARAM_TYPES for flags in _flag_combinations(f) for kind in kinds(f)]
 
 
 def name_expressions(family: str) -> list[str]:
@@ -276,7 +311,7 @@ def compile_family(family: str, arch: str, nvcc: str | None = None) -> tuple[lis
 
 def compile_all(archs=("sm_80", "sm_90"), families=None, nvcc: str | None = None):
     """Every family for every architecture, in parallel: (reports, errors)."""
-    jobs = [(f, a) for f in (families or list(FAMILIES)) for a in archs]
+    jobs = [(f, a) for f in (families or modules()) for a in archs]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda job: compile_family(job[0], job[1], nvcc), jobs))
     reports = [r for rs, _ in results for r in rs]
@@ -294,10 +329,9 @@ def check_kernels(archs=("sm_80", "sm_90"), max_registers: int | None = None, ou
     reports, errors = compile_all(archs, nvcc=nvcc)
     status = 0
     for r in sorted(reports, key=lambda r: (r.inst.family, r.arch, r.inst.kind, r.inst.dtype, r.inst.flags)):
-        fam = FAMILIES[r.inst.family]
-        flags = " ".join(f"{n}={int(v)}" for n, v in zip(fam.flag_names, r.inst.flags)) or "-"
+        flags = " ".join(f"{n}={int(v)}" for n, v in zip(_flag_names(r.inst.family), r.inst.flags)) or "-"
         bad = r.spill_stores or r.spill_loads or (max_registers is not None and r.registers > max_registers)
-        print(f"{r.arch:6} {r.inst.family:9} {r.inst.kind:5} {r.inst.dtype:8} {flags:28} regs={r.registers:3d} "
+        print(f"{r.arch:6} {r.inst.family:9} {r.inst.kind:8} {r.inst.dtype:8} {flags:28} regs={r.registers:3d} "
               f"spill={r.spill_stores}/{r.spill_loads} stack={r.stack}{'  <-- FAIL' if bad else ''}", file=out)
         if bad:
             status = 1
@@ -407,7 +441,7 @@ def check_nvrtc(archs=("sm_80", "sm_90"), out=None) -> int:
                     failed = True
         return int(failed), line
 
-    jobs = [(f, a) for f in FAMILIES for a in archs]
+    jobs = [(f, a) for f in modules() for a in archs]
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         results = list(pool.map(one, jobs))
     for _, line in results:
@@ -419,33 +453,74 @@ def check_nvrtc(archs=("sm_80", "sm_90"), out=None) -> int:
 
 # ---- the host build -------------------------------------------------------------------------------------------------
 
+_TABLE_HEAD = ("const long long* chunks, long long nchunks, long long chunk_elems, const unsigned long long* ptrs, "
+               "const unsigned long long* grad_ptrs, const long long* sizes, long long ntensors")
+_TABLE_ARGS = "chunks, nchunks, chunk_elems, ptrs, grad_ptrs, sizes, ntensors"
+
+
+def _switch(head: str, cases: list[tuple[int, str]]) -> list[str]:
+    lines = [head + " {", "    switch (flags) {"]
+    for mask, call in cases:
+        lines.append(f"    case {mask}u: fo_host_launch(grid, block, [&] {{ {call}; }}); "
+                     "return fo_host_misaligned ? -2 : 0;")
+    return lines + ["    default: return -1;", "    }", "}"]
+
+
 def _host_entries(family: str) -> str:
-    fam = FAMILIES[family]
-    ns, nsc = len(fam.slot_names), len(fam.kernel_scalars)
+    """extern "C" entry points of the host build, one per kind and dtype (a switch over the flag values):
+      flat     (flags, n, arrays: param grad slots..., scalars, grid, block)
+      table    (flags, chunks..ntensors, scalars[, ts: the per-tensor scalars, with reductions], grid, block)
+      reduce   (flags, chunks..ntensors, scalars, partials, grid, block)
+      combine  (flags, tensor_chunks, ntensors, partials, scalars (the declaration's, double), reduced, ts, grid, block)
+      reduce module: partials (chunks, nchunks, chunk_elems, ptrs, sizes, op, power, unscale_by, partials, grid,
+                     block) and combine (tensor_chunks, ntensors, op, partials, values, grid, block)."""
     lines = ["", "// host entry points (generated by fastopt.cuda_build)"]
+    if family == REDUCE:
+        for dtype, tag in _HOST_TAGS.items():
+            p, c = PARAM_TYPES[dtype]
+            lines += [
+                f'extern "C" int fo_host_reduce_partials_{tag}(const long long* chunks, long long nchunks, '
+                "long long chunk_elems, const unsigned long long* ptrs, const long long* sizes, int op, double power, "
+                "double unscale_by, double* partials, unsigned grid, unsigned block) {",
+                f"    fo_host_launch(grid, block, [&] {{ fo_reduce_partials<{p}, {c}>(chunks, nchunks, chunk_elems, "
+                f"ptrs, sizes, op, power, ({c})unscale_by, partials); }});",
+                "    return fo_host_misaligned ? -2 : 0;", "}",
+                f'extern "C" int fo_host_reduce_combine_{tag}(const long long* tensor_chunks, long long ntensors, '
+                "int op, const double* partials, double* values, unsigned grid, unsigned block) {",
+                f"    fo_host_launch(grid, block, [&] {{ fo_reduce_combine<{p}, {c}>(tensor_chunks, ntensors, op, "
+                "partials, values); });",
+                "    return fo_host_misaligned ? -2 : 0;", "}"]
+        return "\n".join(lines) + "\n"
+    fam = FAMILIES[family]
+    ns, nsc, ndecl = len(fam.slot_names), len(fam.kernel_scalars), len(fam.scalar_names)
     for dtype, tag in _HOST_TAGS.items():
         p, c = PARAM_TYPES[dtype]
         scal = ", ".join(f"({c})scalars[{i}]" for i in range(nsc))
+        doubles = ", ".join(f"scalars[{i}]" for i in range(ndecl))
         flat_args = ", ".join([f"({p}*)arrays[0]", f"(const {p}*)arrays[1]"] +
                               [f"({c}*)arrays[{2 + k}]" for k in range(ns)] + ["n", scal])
-        for kind in KINDS:
+        for kind in kinds(family):
             if kind == "flat":
                 head = (f'extern "C" int fo_host_{family}_flat_{tag}(unsigned flags, long long n, void* const* arrays, '
                         f"const double* scalars, unsigned grid, unsigned block)")
                 args = flat_args
+            elif kind == "table":
+                extra = ", const void* ts" if fam.reductions else ""
+                head = (f'extern "C" int fo_host_{family}_table_{tag}(unsigned flags, {_TABLE_HEAD}, '
+                        f"const double* scalars{extra}, unsigned grid, unsigned block)")
+                args = f"{_TABLE_ARGS}, {scal}" + (f", (const {c}*)ts" if fam.reductions else "")
+            elif kind == "reduce":
+                head = (f'extern "C" int fo_host_{family}_reduce_{tag}(unsigned flags, {_TABLE_HEAD}, '
+                        "const double* scalars, double* partials, unsigned grid, unsigned block)")
+                args = f"{_TABLE_ARGS}, {scal}, partials"
             else:
-                head = (f'extern "C" int fo_host_{family}_table_{tag}(unsigned flags, const long long* chunks, '
-                        "long long nchunks, long long chunk_elems, const unsigned long long* ptrs, "
-                        "const unsigned long long* grad_ptrs, const long long* sizes, long long ntensors, "
-                        "const double* scalars, unsigned grid, unsigned block)")
-                args = f"chunks, nchunks, chunk_elems, ptrs, grad_ptrs, sizes, ntensors, {scal}"
-            lines += [head + " {", "    switch (flags) {"]
-            for flags in fam.flag_combinations():
-                mask = sum(1 << i for i, f in enumerate(flags) if f)
-                name = kernel_name(family, kind, dtype, flags)
-                lines.append(f"    case {mask}u: fo_host_launch(grid, block, [&] {{ {name}({args}); }}); "
-                             "return fo_host_misaligned ? -2 : 0;")
-            lines += ["    default: return -1;", "    }", "}"]
+                head = (f'extern "C" int fo_host_{family}_combine_{tag}(unsigned flags, '
+                        "const long long* tensor_chunks, long long ntensors, const double* partials, "
+                        "const double* scalars, double* reduced, void* ts, unsigned grid, unsigned block)")
+                args = f"tensor_chunks, ntensors, partials, {doubles}, reduced, ({c}*)ts"
+            cases = [(sum(1 << i for i, f in enumerate(flags) if f),
+                      f"{kernel_name(family, kind, dtype, flags)}({args})") for flags in fam.flag_combinations()]
+            lines += _switch(head, cases)
     return "\n".join(lines) + "\n"
 
 
@@ -486,20 +561,31 @@ def build_host_library(family: str) -> ctypes.CDLL:
             raise RuntimeError(f"host build of {family} failed:\n{proc.stdout}{proc.stderr}")
         os.replace(tmp, lib_path)
     lib = ctypes.CDLL(str(lib_path))
-    fam = FAMILIES[family]
-    for tag in _HOST_TAGS.values():
-        flat = getattr(lib, f"fo_host_{family}_flat_{tag}")
-        flat.argtypes = [ctypes.c_uint, ctypes.c_longlong, ctypes.POINTER(ctypes.c_void_p),
-                         ctypes.POINTER(ctypes.c_double), ctypes.c_uint, ctypes.c_uint]
-        flat.restype = ctypes.c_int
-        table = getattr(lib, f"fo_host_{family}_table_{tag}")
-        table.argtypes = [ctypes.c_uint, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p,
-                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.POINTER(ctypes.c_double),
-                          ctypes.c_uint, ctypes.c_uint]
-        table.restype = ctypes.c_int
-    del fam
+    _declare(lib, family)
     _host_libs[family] = lib
     return lib
+
+
+def _declare(lib, module: str) -> None:
+    """argtypes of every host entry point (callers may pass plain ints and addresses)."""
+    V, LL, U, D = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint, ctypes.POINTER(ctypes.c_double)
+    table = [V, LL, LL, V, V, V, LL]
+    for tag in _HOST_TAGS.values():
+        if module == REDUCE:
+            sigs = {"partials": [V, LL, LL, V, V, ctypes.c_int, ctypes.c_double, ctypes.c_double, V, U, U],
+                    "combine": [V, LL, ctypes.c_int, V, V, U, U]}
+            names = {k: f"fo_host_reduce_{k}_{tag}" for k in sigs}
+        else:
+            with_ts = bool(FAMILIES[module].reductions)
+            sigs = {"flat": [U, LL, ctypes.POINTER(V), D, U, U],
+                    "table": [U, *table, D, *([V] if with_ts else []), U, U],
+                    "reduce": [U, *table, D, V, U, U],
+                    "combine": [U, V, LL, V, D, V, V, U, U]}
+            names = {k: f"fo_host_{module}_{k}_{tag}" for k in kinds(module)}
+        for kind, name in names.items():
+            fn = getattr(lib, name)
+            fn.argtypes = sigs[kind]
+            fn.restype = ctypes.c_int
 
 
 def _dtype_key(array) -> str:
@@ -513,6 +599,25 @@ def _check(rc: int) -> None:
         raise RuntimeError("host kernel made a vector access at a misaligned address (a fault on the device)")
     if rc != 0:
         raise RuntimeError(f"host kernel returned {rc} (unknown flags)")
+
+
+_P = ctypes.c_void_p
+
+
+def _fn(lib, name: str, restype=ctypes.c_int):
+    fn = getattr(lib, name)
+    fn.restype = restype
+    return fn
+
+
+def tensor_chunk_offsets(chunks: np.ndarray, ntensors: int) -> np.ndarray:
+    """int64 [ntensors + 1]: tensor t's chunks are rows [out[t], out[t + 1]) of the chunk table (tensor-major)."""
+    counts = np.bincount((np.asarray(chunks, dtype=np.int64) >> 32).astype(np.int64), minlength=ntensors)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _addr(a) -> int:
+    return a.ctypes.data
 
 
 class HostKernels:
@@ -541,19 +646,87 @@ class HostKernels:
         tag = _HOST_TAGS[_dtype_key(param)]
         ptrs = [param.ctypes.data, grad.ctypes.data] + [0 if s is None else s.ctypes.data for s in slots]
         arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        fn = getattr(self.lib, f"fo_host_{self.family}_flat_{tag}")
-        rc = fn(self._mask(flags), param.size, arr, self._scalars(scalars), grid, block)
+        fn = _fn(self.lib, f"fo_host_{self.family}_flat_{tag}")
+        rc = fn(ctypes.c_uint(self._mask(flags)), ctypes.c_longlong(param.size), arr, self._scalars(scalars),
+                ctypes.c_uint(grid), ctypes.c_uint(block))
         _check(rc)
 
-    def table(self, params, grads, slots, scalars, flags, chunk_elems=1024, grid=5, block=32):
-        """params, grads: lists; slots: per slot a list of arrays or None."""
-        tag = _HOST_TAGS[_dtype_key(params[0])]
+    def _tables(self, params, grads, slots, chunk_elems):
         sizes = np.array([p.size for p in params], dtype=np.int64)
         chunks = build_chunk_table(sizes, chunk_elems)
         ptrs = pack_pointer_table([p.ctypes.data for p in params],
                                   [None if s is None else [a.ctypes.data for a in s] for s in slots])
         gptrs = np.array([g.ctypes.data for g in grads], dtype=np.uint64)
-        fn = getattr(self.lib, f"fo_host_{self.family}_table_{tag}")
-        rc = fn(self._mask(flags), chunks.ctypes.data, len(chunks), chunk_elems, ptrs.ctypes.data, gptrs.ctypes.data,
-                sizes.ctypes.data, len(params), self._scalars(scalars), grid, block)
+        head = (_P(_addr(chunks)), ctypes.c_longlong(len(chunks)), ctypes.c_longlong(chunk_elems), _P(_addr(ptrs)),
+                _P(_addr(gptrs)), _P(_addr(sizes)), ctypes.c_longlong(len(params)))
+        return (sizes, chunks, ptrs, gptrs), head
+
+    def reduce(self, params, grads, slots, scalars, flags, chunk_elems=1024, grid=5, block=32):
+        """Kernel contract v2, launches 1 and 2 of the family's reductions, then its per-tensor scalars: returns
+        (reduced float64 [ntensors, NRED], tensor scalars [ntensors, NTS] in the compute type)."""
+        tag = _HOST_TAGS[_dtype_key(params[0])]
+        keep, head = self._tables(params, grads, slots, chunk_elems)
+        chunks = keep[1]
+        nred, nts = len(self.fam.reductions), len(self.fam.tensor_scalar_names)
+        partials = np.full((max(len(chunks), 1), nred), np.nan)
+        mask = ctypes.c_uint(self._mask(flags))
+        rc = _fn(self.lib, f"fo_host_{self.family}_reduce_{tag}")(
+            mask, *head, self._scalars(scalars), _P(_addr(partials)), ctypes.c_uint(grid), ctypes.c_uint(block))
         _check(rc)
+        offsets = tensor_chunk_offsets(chunks, len(params))
+        reduced = np.full((len(params), nred), np.nan)
+        ctype = np.float64 if PARAM_TYPES[_dtype_key(params[0])][1] == "double" else np.float32
+        ts = np.full((len(params), nts), np.nan, dtype=ctype)
+        decl = (ctypes.c_double * len(self.fam.scalar_names))(*[float(s) for s in
+                                                                 scalars[:len(self.fam.scalar_names)]])
+        rc = _fn(self.lib, f"fo_host_{self.family}_combine_{tag}")(
+            mask, _P(_addr(offsets)), ctypes.c_longlong(len(params)), _P(_addr(partials)), decl, _P(_addr(reduced)),
+            _P(_addr(ts)), ctypes.c_uint(grid), ctypes.c_uint(block))
+        _check(rc)
+        return reduced, ts
+
+    def table(self, params, grads, slots, scalars, flags, chunk_elems=1024, grid=5, block=32, tensor_scalars=None):
+        """params, grads: lists; slots: per slot a list of arrays or None. A family with reductions takes
+        `tensor_scalars` ([ntensors, NTS] in the compute type), or computes them first with `reduce`."""
+        tag = _HOST_TAGS[_dtype_key(params[0])]
+        if self.fam.reductions and tensor_scalars is None:
+            tensor_scalars = self.reduce(params, grads, slots, scalars, flags, chunk_elems, grid, block)[1]
+        _keep, head = self._tables(params, grads, slots, chunk_elems)   # _keep: alive until the call
+        extra = ()
+        if self.fam.reductions:
+            ctype = np.float64 if PARAM_TYPES[_dtype_key(params[0])][1] == "double" else np.float32
+            tensor_scalars = np.ascontiguousarray(tensor_scalars, dtype=ctype)
+            extra = (_P(_addr(tensor_scalars)),)
+        fn = _fn(self.lib, f"fo_host_{self.family}_table_{tag}")
+        rc = fn(ctypes.c_uint(self._mask(flags)), *head, self._scalars(scalars), *extra, ctypes.c_uint(grid),
+                ctypes.c_uint(block))
+        _check(rc)
+
+
+class HostReduce:
+    """The reductions module's host build (kernels/cuda/reduce.cu): per array, the reduction `op` of
+    x / unscale_by, in the order the device computes it."""
+
+    def __init__(self):
+        self.lib = build_host_library(REDUCE)
+
+    def __call__(self, arrays, op: str, power: float = 2.0, unscale_by: float = 1.0, chunk_elems=1024, grid=5,
+                 block=32) -> np.ndarray:
+        from fastopt.reference import REDUCTIONS
+        tag = _HOST_TAGS[_dtype_key(arrays[0])]
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        chunks = build_chunk_table(sizes, chunk_elems)
+        ptrs = np.array([a.ctypes.data for a in arrays], dtype=np.uint64)
+        partials = np.full(max(len(chunks), 1), np.nan)
+        rc = _fn(self.lib, f"fo_host_reduce_partials_{tag}")(
+            _P(_addr(chunks)), ctypes.c_longlong(len(chunks)), ctypes.c_longlong(chunk_elems), _P(_addr(ptrs)),
+            _P(_addr(sizes)), ctypes.c_int(REDUCTIONS[op]), ctypes.c_double(power), ctypes.c_double(unscale_by),
+            _P(_addr(partials)), ctypes.c_uint(grid), ctypes.c_uint(block))
+        _check(rc)
+        offsets = tensor_chunk_offsets(chunks, len(arrays))
+        values = np.full(len(arrays), np.nan)
+        rc = _fn(self.lib, f"fo_host_reduce_combine_{tag}")(
+            _P(_addr(offsets)), ctypes.c_longlong(len(arrays)), ctypes.c_int(REDUCTIONS[op]), _P(_addr(partials)),
+            _P(_addr(values)), ctypes.c_uint(grid), ctypes.c_uint(block))
+        _check(rc)
+        return values

@@ -16,7 +16,7 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastopt import reference
+from fastopt import cuda_build, reference
 from fastopt.backends.cuda import BACKEND
 from fastopt.specs import SPECS
 
@@ -102,7 +102,7 @@ def _problem(dtype, sizes, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["float32", "float64", "float16"])
-@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.reductions])  # the cuda backend refuses those
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.kernel in cuda_build.FAMILIES])
 def test_every_spec_matches_reference(name, dtype):
     spec = SPECS[name]
     sizes = (0, 1, 3, 4097, 100003)
@@ -237,7 +237,7 @@ def _bf16_f32(bits: np.ndarray) -> np.ndarray:
     return (np.ascontiguousarray(bits).astype(np.uint32) << 16).view(np.float32)
 
 
-@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.reductions])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.kernel in cuda_build.FAMILIES])
 def test_bfloat16_params_match_the_float32_reference_rounded_each_step(name):
     spec = SPECS[name]
     sizes = (0, 1, 3, 4097, 100003)
@@ -409,3 +409,78 @@ def test_fastopt_torch_matches_torch_optim_on_cuda_parameters_on_a_side_stream(n
     for a, b in zip(ref, mine):
         np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().cpu().numpy(), rtol=tol["rtol"] * 4,
                                    atol=tol["atol"] * 4, err_msg=f"{name}: fastopt.torch vs torch.optim on the GPU")
+
+
+# ---- kernel contract v2 on the device: per-tensor reductions (LAMB, LARS), gradient norms -------------------------
+
+REDUCTION_SPECS = [n for n, s in SPECS.items() if s.reductions and s.kernel in cuda_build.FAMILIES]
+
+
+def _random_shapes(rng, count=7):
+    return [int(n) for n in rng.choice([0, 1, 3, 255, 4097, 65537, 300001], size=count)]
+
+
+@pytest.mark.parametrize("name", REDUCTION_SPECS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_reduction_specs_match_the_reference_on_random_shapes(name, dtype):
+    """cuda against the reference (which the cpu backend matches bit for bit), three random lists of shapes."""
+    spec = SPECS[name]
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        sizes = _random_shapes(rng)
+        hyper = dict(spec.defaults, weight_decay=float(rng.choice([0.0, 0.05])))
+        params_np, grads_np = _problem(dtype, sizes, seed=int(rng.integers(1 << 30)))
+        got_p, got_s, plan = _run_device(spec, hyper, params_np, grads_np, _state(spec, hyper, params_np, dtype))
+        assert plan._kernel is plan.table_kernel
+        want_p, want_s = _run_reference(spec, hyper, params_np, grads_np, _state(spec, hyper, params_np, dtype))
+        tol = TOLERANCES[np.dtype(dtype)]
+        for t in range(len(sizes)):
+            np.testing.assert_allclose(got_p[t], want_p[t], **tol, err_msg=f"{name} sizes={sizes} tensor {t}")
+            for k, v in want_s.items():
+                if v is not None:
+                    np.testing.assert_allclose(got_s[k][t], v[t], **tol, err_msg=f"{name} {k} tensor {t}")
+
+
+@pytest.mark.parametrize("name", REDUCTION_SPECS)
+def test_reduction_specs_are_bitwise_the_same_run_to_run(name):
+    spec = SPECS[name]
+    hyper = dict(spec.defaults, weight_decay=0.05)
+    sizes = (3, 70001, 0, 1 << 20, 4097)
+    params_np, grads_np = _problem(np.float32, sizes, seed=12)
+    runs = [_run_device(spec, hyper, params_np, grads_np, _state(spec, hyper, params_np, np.float32))
+            for _ in range(2)]
+    for t in range(len(sizes)):
+        np.testing.assert_array_equal(runs[0][0][t], runs[1][0][t])
+    np.testing.assert_array_equal(runs[0][2].d_reduced.get(), runs[1][2].d_reduced.get())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("op", ["sumsq", "sum", "maxabs", "nonfinite", "minabs", "nonzero"])
+def test_gradient_reductions_are_the_host_builds_bit_for_bit(op, dtype):
+    """The device computes the order the host build models (common.cuh, fo_block_reduce) exactly: same bits as the
+    host build given the device's chunk size and block size (pow, for sumpow, is left out: not correctly rounded)."""
+    from fastopt.backends import cuda as cuda_backend
+    rng = np.random.default_rng(13)
+    arrays_np = [(rng.standard_normal(n) * 3).astype(dtype) for n in (0, 1, 3, 4097, 70001, 1 << 20)]
+    arrays_np[3][7] = np.inf
+    arrays = [cp.asarray(a) for a in arrays_np]
+    got = cuda_backend.reduce_arrays(arrays, op)
+    again = cuda_backend.reduce_arrays(arrays, op)
+    assert got == again                                            # bitwise run to run (floats compare exactly)
+    reducer = next(r for k, r in cuda_backend._reducers.items() if k[2] == tuple(a.size for a in arrays_np))
+    want = cuda_build.HostReduce()(arrays_np, op, chunk_elems=reducer.chunk_elems, grid=3, block=cuda_build.BLOCK)
+    np.testing.assert_array_equal(np.array(got), want)
+
+
+def test_clip_grad_norm_on_the_device_matches_the_cpu_backend():
+    import fastopt
+    rng = np.random.default_rng(14)
+    grads_np = [rng.standard_normal(n).astype(np.float32) for n in (5, 4097, 100003)]
+    for norm_type in (2.0, 1.0, float("inf"), 3.0):
+        dev = [cp.asarray(g) for g in grads_np]
+        host = [g.copy() for g in grads_np]
+        total_dev = fastopt.clip_grad_norm_(dev, 1.0, norm_type)
+        total_cpu = fastopt.clip_grad_norm_(host, 1.0, norm_type, backend="cpu")
+        np.testing.assert_allclose(float(total_dev), float(total_cpu), rtol=1e-6)
+        for d, h in zip(dev, host):
+            np.testing.assert_allclose(d.get(), h, rtol=2e-6, atol=1e-7)

@@ -54,7 +54,7 @@ LAYOUTS = ("aligned", "shifted", "mixed")
 def _configs():
     out = []
     for spec in SPECS.values():
-        if spec.reductions:   # kernel contract v2 families have no CUDA kernels yet (the cuda backend refuses them)
+        if spec.kernel not in cuda_build.FAMILIES:   # shaped slots (Adafactor): no CUDA kernels, the backend refuses
             continue
         axes = []
         for h in spec.hypers:
@@ -81,6 +81,9 @@ def _configs():
 
 
 CONFIGS = _configs()
+# Families with per-tensor reductions (kernel contract v2) have no flat entry: the per-tensor scalars need the chunk's
+# tensor. Their table entry runs the reductions first (HostKernels.table), as the cuda backend's plan does.
+FLAT_CONFIGS = [c for c in CONFIGS if not SPECS[c.values[0]].reductions]
 
 
 # ---- storage: poisoned, aligned buffers ---------------------------------------------------------------------------
@@ -177,7 +180,7 @@ def _compare(got, want, dtype, what):
 # ---- float32 / float64: flat and table entry points ----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("name,hyper", CONFIGS)
+@pytest.mark.parametrize("name,hyper", FLAT_CONFIGS)
 def test_flat_matches_reference(name, hyper, dtype):
     prob = Problem(name, hyper, SIZES, dtype)
     want_p, want_s = prob.reference()
@@ -241,7 +244,7 @@ def test_table_matches_reference(name, hyper, dtype):
                 _compare(slots[k][t], want_s[k][t], dtype, f"{where}: {prob.spec.slots[k].name}")
 
 
-@pytest.mark.parametrize("name,hyper", [CONFIGS[i] for i in range(0, len(CONFIGS), 3)])
+@pytest.mark.parametrize("name,hyper", [FLAT_CONFIGS[i] for i in range(0, len(FLAT_CONFIGS), 3)])
 def test_host_build_is_bit_exact(name, hyper):
     """Same operations in the same order, no contraction (-ffp-contract=off): the host build reproduces the reference
     bit for bit. (The device differs from it only by -ftz: tolerances.py.)"""
@@ -304,6 +307,8 @@ def test_half_params_match_float32_reference_rounded_each_step(name, hyper, half
                 if s is not None:
                     slots[k].append(arena.place(s[t].copy(), offs[2 + k]))
                     want_s[k].append(s[t].copy())
+        if mode == "flat" and spec.reductions:
+            continue   # no flat entry (see FLAT_CONFIGS)
         for step in range(1, STEPS + 1):
             scalars = spec.scalars(hyper, step)
             for t in range(len(sizes)):
@@ -374,7 +379,11 @@ class _FakeArray:
     def __getitem__(self, key):
         return _FakeArray(self.a[key], self.device.id)
 
-    def get(self):
+    @property
+    def flags(self):
+        return self.a.flags
+
+    def get(self, stream=None):
         return self.a.copy()
 
     def set(self, arr, stream=None):
@@ -434,10 +443,18 @@ class _FakeEvent:
 
 
 # Blocks of 256 threads resident per SM for each kind of kernel (the stand-in's occupancy calculator).
-_OCCUPANCY = {"flat": 3, "table": 5}
+_OCCUPANCY = {"flat": 3, "table": 5, "reduce": 4, "combine": 6, "partials": 4}
+
+
+def _addr(a):
+    return a.data.ptr
 
 
 class _FakeKernel:
+    """A CuPy RawKernel whose launch runs the host build of the same kernel (grid as given, 32 threads per block:
+    the arithmetic does not depend on the block size except for the reductions' tree, whose order the host build
+    reproduces for any power of two)."""
+
     def __init__(self, name, launches):
         self.name = name
         family, rest = name[3:].split("<")
@@ -454,20 +471,50 @@ class _FakeKernel:
         _LOG.append(("launch", self.kind, grid[0], _FakeStream.current().ptr))
         lib = cuda_build.build_host_library(self.family)
         tag = {"float": "f32", "double": "f64"}[self.ctype]
-        nsc = len(cuda_build.FAMILIES[self.family].kernel_scalars)
         want = np.float32 if self.ctype == "float" else np.float64
-        assert all(type(s) is want for s in args[-nsc:]), "scalars must be passed in the compute type"
-        scalars = (ctypes.c_double * nsc)(*[float(s) for s in args[-nsc:]])
+        g, b = grid[0], 32
+        if self.family == cuda_build.REDUCE:
+            if self.kind == "partials":
+                chunks, nchunks, chunk_elems, ptrs, sizes, op, power, unscale, partials = args
+                assert type(op) is np.int32 and type(power) is np.float64 and type(unscale) is want
+                rc = getattr(lib, f"fo_host_reduce_partials_{tag}")(
+                    _addr(chunks), int(nchunks), int(chunk_elems), _addr(ptrs), _addr(sizes), int(op), float(power),
+                    float(unscale), _addr(partials), g, b)
+            else:
+                offsets, ntensors, op, partials, values = args
+                assert type(op) is np.int32 and type(ntensors) is np.int64
+                rc = getattr(lib, f"fo_host_reduce_combine_{tag}")(
+                    _addr(offsets), int(ntensors), int(op), _addr(partials), _addr(values), g, b)
+            assert rc == 0
+            return
+        fam = cuda_build.FAMILIES[self.family]
+        nsc = len(fam.kernel_scalars)
+        if self.kind == "combine":
+            offsets, ntensors, partials, *doubles, reduced, ts = args
+            assert len(doubles) == len(fam.scalar_names) and all(type(s) is np.float64 for s in doubles)
+            rc = getattr(lib, f"fo_host_{self.family}_combine_{tag}")(
+                self.mask, _addr(offsets), int(ntensors), _addr(partials),
+                (ctypes.c_double * len(doubles))(*map(float, doubles)), _addr(reduced), _addr(ts), g, b)
+            assert rc == 0
+            return
+        if self.kind == "flat":
+            scal = args[-nsc:]
+        else:
+            scal = args[7:7 + nsc]
+            extra = args[7 + nsc:]
+            assert len(extra) == (1 if fam.reductions else 0)
+        assert all(type(s) is want for s in scal), "scalars must be passed in the compute type"
+        scalars = (ctypes.c_double * nsc)(*[float(s) for s in scal])
         if self.kind == "flat":
             ptrs = [int(a) for a in args[:-nsc - 1]]
             assert all(type(a) is np.uint64 for a in args[:-nsc - 1]) and type(args[-nsc - 1]) is np.int64
             rc = getattr(lib, f"fo_host_{self.family}_flat_{tag}")(
-                self.mask, int(args[-nsc - 1]), (ctypes.c_void_p * len(ptrs))(*ptrs), scalars, grid[0], 32)
+                self.mask, int(args[-nsc - 1]), (ctypes.c_void_p * len(ptrs))(*ptrs), scalars, g, b)
         else:
             chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors = args[:7]
-            rc = getattr(lib, f"fo_host_{self.family}_table_{tag}")(
-                self.mask, chunks.data.ptr, int(nchunks), int(chunk_elems), ptrs.data.ptr, gptrs.data.ptr,
-                sizes.data.ptr, int(ntensors), scalars, grid[0], 32)
+            head = (self.mask, _addr(chunks), int(nchunks), int(chunk_elems), _addr(ptrs), _addr(gptrs), _addr(sizes),
+                    int(ntensors), scalars)
+            rc = getattr(lib, f"fo_host_{self.family}_{self.kind}_{tag}")(*head, *[_addr(a) for a in extra], g, b)
         assert rc == 0
 
 
@@ -847,7 +894,7 @@ def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, 
     assert cli.smoke(None, ["float32", "float64"], [1, 3, 4097], 2, pool=False) == 0
     assert pools == [None]
     kinds = {(k.family, k.kind) for k in fake_cupy.kernels.values()}
-    assert kinds == {(f, kind) for f in cuda_build.FAMILIES for kind in cuda_build.KINDS}
+    assert kinds == {(f, kind) for f in cuda_build.FAMILIES for kind in cuda_build.kinds(f)}
     # A kernel that skips an element is caught.
     call = _FakeKernel.__call__
 
@@ -859,3 +906,93 @@ def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, 
         call(self, grid, block, args)
     monkeypatch.setattr(_FakeKernel, "__call__", skipping)
     assert cli.smoke(["sgd"], ["float32"], [5], 1) == 1
+
+
+# ---- kernel contract v2 through the stand-in: per-tensor reductions, gradient reductions ----------------------------
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.reductions and s.kernel in cuda_build.FAMILIES])
+def test_a_plan_with_reductions_launches_reduce_combine_update_and_allocates_nothing_per_step(fake_cupy, name):
+    from fastopt.backends.cuda import BACKEND
+    spec = SPECS[name]
+    hyper = {**spec.defaults, "weight_decay": 0.05}
+    sizes = (3, 0, 4097, 1, 20000)
+    prob = Problem(name, hyper, sizes, np.float32, seed=8)
+    want_p, want_s = prob.reference()
+    params = [_FakeArray(a.copy()) for a in prob.params]
+    slots = {s.name: [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, params, slots, prob.flags)
+    scratch = (plan.d_partials, plan.d_reduced, plan.d_tensor_scalars)   # allocated at prepare time
+    grads = [_FakeArray(np.zeros(n, np.float32)) for n in sizes]
+    for step in range(1, STEPS + 1):
+        for t in range(len(sizes)):
+            grads[t].a[...] = prob.grads[t][step - 1]
+        plan.run(grads, spec.scalars(hyper, step))
+    assert [k for k, _, _ in fake_cupy.launches] == ["reduce", "combine", "table"] * STEPS
+    assert (plan.d_partials, plan.d_reduced, plan.d_tensor_scalars) == scratch
+    assert plan._table[2].sets == 1                           # the grads' table, written once
+    # The host build through HostKernels.table (which runs the same three kernels) gives the very same bits.
+    host = cuda_build.HostKernels(spec.kernel)
+    hp = [a.copy() for a in prob.params]
+    hs = [[a.copy() for a in v] for v in prob.slots]
+    nchunk = int(plan._prefix[2])
+    for step in range(1, STEPS + 1):
+        host.table(hp, [g[step - 1] for g in prob.grads], hs, spec.scalars(hyper, step), prob.flags,
+                   chunk_elems=nchunk, grid=3, block=32)
+    for t in range(len(sizes)):
+        np.testing.assert_array_equal(params[t].a, hp[t])
+        _compare(params[t].a, want_p[t], np.float32, f"{name} tensor {t}")
+        for k in range(len(prob.slots)):
+            _compare(slots[spec.slots[k].name][t].a, want_s[k][t], np.float32, f"{name} slot {k} tensor {t}")
+
+
+def test_reduce_grads_is_two_launches_over_the_group_with_the_host_builds_values(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    sizes = (3, 0, 4097, 1, 20000)
+    spec, _, prob = _adam_problem(sizes)
+    params = [_FakeArray(a) for a in _separate(prob.params)]
+    slots = {s.name: None if v is None else [_FakeArray(a.copy()) for a in v] for s, v in zip(spec.slots, prob.slots)}
+    plan = BACKEND.prepare(spec, params, slots, prob.flags)
+    grads_np = [g[0].copy() for g in prob.grads]
+    grads_np[2][5] = np.inf
+    grads = [_FakeArray(g) for g in grads_np]
+    for op, scale in (("sumsq", None), ("nonfinite", None), ("sumsq", 512.0), ("maxabs", 2.0)):
+        before = len(fake_cupy.launches)
+        got = plan.reduce_grads(grads, op, 2.0, scale)
+        assert [k for k, _, _ in fake_cupy.launches[before:]] == ["partials", "combine"]
+        reducer = plan._grad_reducer
+        want = cuda_build.HostReduce()(grads_np, op, 2.0, 1.0 if scale is None else scale,
+                                       chunk_elems=reducer.chunk_elems, block=32)
+        np.testing.assert_array_equal(np.array(got), want)
+        assert reducer.d_ptrs.sets == 1                       # the same grads: their table written once
+    with pytest.raises(ValueError, match="expected 5 arrays"):
+        plan.reduce_grads(grads[:2], "sumsq")
+
+
+def test_reduce_arrays_keeps_its_scratch_for_the_same_arrays(fake_cupy):
+    from fastopt.backends import cuda as cuda_backend
+    monkey = cuda_backend._reducers
+    monkey.clear()
+    arrays_np = [np.random.default_rng(9).standard_normal(n).astype(np.float64) for n in (7, 5000, 0, 3)]
+    arrays = [_FakeArray(a) for a in arrays_np]
+    first = cuda_backend.reduce_arrays(arrays, "sumsq")
+    reducer = next(iter(monkey.values()))
+    second = cuda_backend.reduce_arrays(arrays, "sumsq")
+    assert first == second and len(monkey) == 1 and next(iter(monkey.values())) is reducer
+    assert reducer.d_ptrs.sets == 1
+    want = cuda_build.HostReduce()(arrays_np, "sumsq", chunk_elems=reducer.chunk_elems, block=32)
+    np.testing.assert_array_equal(np.array(first), want)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        cuda_backend.reduce_arrays(arrays, "median")
+    monkey.clear()
+
+
+def test_families_with_shaped_slots_are_refused_by_name(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    shaped = [s for s in SPECS.values() if any(getattr(x, "shape", None) is not None for x in s.slots)]
+    if not shaped:
+        pytest.skip("no registered spec has shaped slots")
+    spec = shaped[0]
+    assert spec.kernel not in cuda_build.FAMILIES
+    with pytest.raises(NotImplementedError, match="cuda backend"):
+        BACKEND.prepare(spec, [_FakeArray(np.zeros(4, np.float32))], {s.name: None for s in spec.slots},
+                        spec.flags(spec.defaults))

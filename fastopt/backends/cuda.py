@@ -17,6 +17,16 @@ decides whether the group can run flat: params laid out back to back in memory, 
 The mode is chosen again only when the grads' addresses change, so a training loop reusing its grad buffers does no
 host-to-device copy and no allocation per step. Nothing is remembered from a step whose checks failed.
 
+Kernel contract v2 (specs with `reductions`: LAMB, LARS) always runs the table, in three launches on one stream with
+no copy and no synchronization: `reduce` (every declared reduction's partial per chunk of the chunk table, the
+"update" value computed without writing), `combine` (per tensor, in a fixed order, then the family's per-tensor
+scalars into a device array), and the update kernel, which reads its chunk's tensor's scalars from that array. The
+scratch (partials, reduced values, per-tensor scalars) is allocated at prepare time. `reduce_grads` (clipping's norm,
+AMP's non-finite count) and `reduce_arrays` (fastopt.clip_grad_norm_) are one multi-tensor pass of
+kernels/cuda/reduce.cu (two launches) and one copy of the per-tensor values to the host. Every reduction is
+deterministic, bitwise the same run to run, in the order kernels/cuda/common.cuh states (fo_block_reduce; within the
+bound tests/test_cuda_reduce.py derives of fastopt.reference's order). Specs with shaped slots (Adafactor) are refused.
+
 Streams: the launch goes to torch's current stream when the params are torch tensors (the backward pass that wrote
 the grads ran there), else to CuPy's current stream. Before the grads' table is rewritten on one stream while the
 last launch that read it went to another, the writing stream waits for that launch (an event).
@@ -171,9 +181,73 @@ def _external_stream(cp, handle: int, device_id: int):
     return cp.cuda.ExternalStream(handle, device_id)
 
 
+class _Reducer:
+    """Scratch and launches of one multi-tensor reduction of arrays (kernels/cuda/reduce.cu) for a fixed list of sizes
+    and one dtype: the chunk table, per-tensor chunk offsets, partials and values allocated once, the arrays' pointer
+    table rewritten only when their addresses change. Two launches, then one device-to-host copy of the values."""
+
+    def __init__(self, device: int, key: str, sizes: list[int]):
+        cp = _cp()
+        self.device, self.key, self.sizes = device, key, list(sizes)
+        self.ctype = np.float64 if key == "float64" else np.float32
+        self.total = sum(self.sizes)
+        with cp.cuda.Device(device):
+            mod = _module(cuda_build.REDUCE)
+            self.partials_kernel = mod.get_function(cuda_build.kernel_name(cuda_build.REDUCE, "partials", key, ()))
+            self.combine_kernel = mod.get_function(cuda_build.kernel_name(cuda_build.REDUCE, "combine", key, ()))
+            resident = resident_blocks(self.partials_kernel, device)
+            self.combine_blocks = max(1, min(len(sizes), resident_blocks(self.combine_kernel, device)))
+            chunk_elems = cuda_build.choose_chunk_elems(self.total, resident)
+            chunks = cuda_build.build_chunk_table(self.sizes, chunk_elems)
+            self.nchunks, self.chunk_elems = len(chunks), chunk_elems
+            self.blocks = max(1, min(len(chunks), resident))
+            offsets = cuda_build.tensor_chunk_offsets(chunks, len(sizes))
+            stream = cp.cuda.get_current_stream()
+            self.d_chunks = cp.empty(max(len(chunks), 1), dtype=np.int64)
+            self.d_sizes = cp.empty(max(len(sizes), 1), dtype=np.int64)
+            self.d_offsets = cp.empty(len(offsets), dtype=np.int64)
+            self.d_ptrs = cp.zeros(max(len(sizes), 1), dtype=np.uint64)
+            self.d_partials = cp.empty(max(len(chunks), 1), dtype=np.float64)
+            self.d_values = cp.empty(max(len(sizes), 1), dtype=np.float64)
+            self.d_chunks[:len(chunks)].set(chunks, stream=stream)
+            self.d_sizes[:len(sizes)].set(np.asarray(self.sizes, dtype=np.int64), stream=stream)
+            self.d_offsets.set(offsets, stream=stream)
+            stream.synchronize()   # the host arrays above are temporaries
+        self._ptrs = None
+        self._last_stream = None
+
+    def run(self, ptrs: tuple, op: str, power: float, unscale_by, stream) -> list:
+        from fastopt.reference import REDUCTIONS, reduction_start
+        if not self.total:
+            return [reduction_start(op)] * len(self.sizes)
+        if op not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {op!r}; expected one of {sorted(REDUCTIONS)}")
+        cp = _cupy
+        with cp.cuda.Device(self.device):
+            if ptrs != self._ptrs:
+                last = self._last_stream
+                if last is not None and last.ptr != stream.ptr:   # a launch on another stream may still read it
+                    done = cp.cuda.Event(disable_timing=True)
+                    done.record(last)
+                    stream.wait_event(done)
+                self.d_ptrs.set(np.asarray(ptrs, dtype=np.uint64), stream=stream)
+                self._ptrs = ptrs
+            self._last_stream = stream
+            code = np.int32(REDUCTIONS[op])
+            with stream:
+                self.partials_kernel((self.blocks,), (cuda_build.BLOCK,), (
+                    self.d_chunks, np.int64(self.nchunks), np.int64(self.chunk_elems), self.d_ptrs, self.d_sizes,
+                    code, np.float64(power), self.ctype(1.0 if unscale_by is None else unscale_by), self.d_partials))
+                self.combine_kernel((self.combine_blocks,), (cuda_build.BLOCK,), (
+                    self.d_offsets, np.int64(len(self.sizes)), code, self.d_partials, self.d_values))
+            values = self.d_values.get(stream=stream)
+        return [float(v) for v in values[:len(self.sizes)]]
+
+
 class _CudaPlan:
     def __init__(self, spec, params, slots, flags):
         cp = _cp()
+        self.spec = spec
         self.family = spec.kernel
         dtype = params[0].dtype
         key = _dtype_key(dtype)
@@ -190,17 +264,28 @@ class _CudaPlan:
         p_size = np.dtype(dtype).itemsize
         s_size = np.dtype(self.ctype).itemsize
         self.p_itemsize = p_size
-        self.flat_layout = _back_to_back(self.param_ptrs, self.sizes, p_size) and all(
+        # Kernel contract v2: per-tensor scalars need the chunk's tensor, so such a spec always runs the table.
+        self.reductions = bool(spec.reductions)
+        self.flat_layout = not self.reductions and _back_to_back(self.param_ptrs, self.sizes, p_size) and all(
             s is None or _back_to_back(s, self.sizes, s_size) for s in self.slot_ptrs)
+        self.key = key
         with cp.cuda.Device(self.device):
             mod = _module(self.family)
-            self.flat_kernel = mod.get_function(cuda_build.kernel_name(self.family, "flat", key, flags))
             self.table_kernel = mod.get_function(cuda_build.kernel_name(self.family, "table", key, flags))
             # One wave of resident blocks; more would queue behind it, a partial last wave idling most of the device.
-            self.flat_resident = resident_blocks(self.flat_kernel, self.device)
             self.table_resident = resident_blocks(self.table_kernel, self.device)
-        per_block = cuda_build.BLOCK * cuda_build.vector_width(key)
-        self.flat_blocks = max(1, min(-(-self.total // per_block), self.flat_resident))
+            if self.reductions:
+                self.flat_kernel = None
+                self.reduce_kernel = mod.get_function(cuda_build.kernel_name(self.family, "reduce", key, flags))
+                self.combine_kernel = mod.get_function(cuda_build.kernel_name(self.family, "combine", key, flags))
+                self.reduce_resident = resident_blocks(self.reduce_kernel, self.device)
+                self.combine_blocks = max(1, min(len(self.sizes), resident_blocks(self.combine_kernel, self.device)))
+            else:
+                self.flat_kernel = mod.get_function(cuda_build.kernel_name(self.family, "flat", key, flags))
+                self.flat_resident = resident_blocks(self.flat_kernel, self.device)
+        if not self.reductions:
+            per_block = cuda_build.BLOCK * cuda_build.vector_width(key)
+            self.flat_blocks = max(1, min(-(-self.total // per_block), self.flat_resident))
         self._table = None        # built on first need: (prefix args, blocks, grad table device array)
         self._table_stream = None  # the stream of the last launch that read the grads' table
         self._grad_key = None     # the grads' addresses the current mode was chosen for
@@ -209,6 +294,9 @@ class _CudaPlan:
         self._blocks = 0
         self._prefix = ()
         self._streams = {}        # torch stream handle -> CuPy stream object
+        self._grad_reducer = None  # reduce_grads' scratch (_Reducer), built on its first call
+        if self.reductions and self.total:
+            self._build_table()    # and the reductions' scratch with it: nothing is allocated per step
 
     # -- the table, built once --------------------------------------------------------------------------------------
 
@@ -231,6 +319,19 @@ class _CudaPlan:
         prefix = (d_chunks, np.int64(len(chunks)), np.int64(chunk_elems), d_ptrs, d_grads, d_sizes,
                   np.int64(len(self.sizes)))
         self._table = (prefix, blocks, d_grads)
+        if self.reductions:
+            # Scratch of the per-tensor reductions (common.cuh, fo_block_reduce): partials per chunk, each tensor's
+            # reduced values and its per-tensor scalars (read by the update kernel by the chunk's tensor).
+            nred, nts = len(self.spec.reductions), len(self.spec.tensor_scalar_names)
+            offsets = cuda_build.tensor_chunk_offsets(chunks, len(self.sizes))
+            with cp.cuda.Device(self.device):
+                self.d_offsets = cp.empty(len(offsets), dtype=np.int64)
+                self.d_offsets.set(offsets, stream=stream)
+                self.d_partials = cp.empty(max(len(chunks), 1) * nred, dtype=np.float64)
+                self.d_reduced = cp.empty(len(self.sizes) * nred, dtype=np.float64)
+                self.d_tensor_scalars = cp.empty(len(self.sizes) * nts, dtype=self.ctype)
+                stream.synchronize()
+            self.reduce_blocks = max(1, min(len(chunks), self.reduce_resident))
 
     # -- the launch stream ------------------------------------------------------------------------------------------
 
@@ -287,6 +388,7 @@ class _CudaPlan:
             return
         # The gradient transform (fastopt.codegen.GRAD_SCALARS): 1 and 1 leave the gradient exactly as it is.
         scalars = (*scalars, 1.0 if grad_scale is None else grad_scale, 1.0 if grad_factor is None else grad_factor)
+        self._host_scalars = scalars   # in float64, for the per-tensor scalars' launch (kernel contract v2)
         stream = self._stream()
         # The same grad objects as last step: a CuPy array's memory never moves, so nothing needs a new look.
         if len(grads) == len(self._grad_objects) and all(map(operator.is_, grads, self._grad_objects)):
@@ -304,23 +406,52 @@ class _CudaPlan:
         ctype = self.ctype
         self._launch(stream, self._prefix + tuple([ctype(s) for s in scalars]))
 
+    def _run_reductions(self, stream, kernel_scalars, scalars):
+        """Kernel contract v2, before the update: launch 1 (partials per chunk of every reduction, the update value
+        computed without writing), launch 2 (per tensor, then its per-tensor scalars into device memory). The
+        update kernel then reads them: three launches on one stream, no copy, no synchronization."""
+        args = self._prefix + kernel_scalars + (self.d_partials,)
+        self._launch_kernel(self.reduce_kernel, self.reduce_blocks, stream, args)
+        args = (self.d_offsets, np.int64(len(self.sizes)), self.d_partials,
+                *[np.float64(s) for s in scalars], self.d_reduced, self.d_tensor_scalars)
+        self._launch_kernel(self.combine_kernel, self.combine_blocks, stream, args)
+
     def reduce_grads(self, grads, op: str, power: float = 2.0, grad_scale=None) -> list:
-        with self._stream():
-            return reduce_arrays([BACKEND.as_array(g) for g in grads], op, power, grad_scale)
+        """Per gradient, the reduction `op` of grad / grad_scale, by kernels/cuda/reduce.cu: two launches over the
+        whole group (order: common.cuh, fo_block_reduce), then one copy of the values to the host."""
+        if len(grads) != len(self.params):
+            raise ValueError(f"grads: expected {len(self.params)} arrays (one per param), got {len(grads)}")
+        views = [BACKEND.as_array(g) for g in grads]
+        if self.total:
+            device = _one_device(views, "grads")
+            if device != self.device:
+                raise ValueError(f"grads are on CUDA device {device} but params and state are on device "
+                                 f"{self.device}")
+        if self._grad_reducer is None:
+            self._grad_reducer = _Reducer(self.device, self.key, self.sizes)
+        return self._grad_reducer.run(tuple(int(v.data.ptr) for v in views), op, power, grad_scale, self._stream())
 
     def _launch(self, stream, args):
         kernel = self._kernel
         if kernel is self.table_kernel:
             self._table_stream = stream
+            if self.reductions:
+                nsc = len(self.spec.scalar_names)
+                scalars = args[len(self._prefix):]
+                self._run_reductions(stream, scalars, [float(s) for s in self._host_scalars[:nsc]])
+                args = args + (self.d_tensor_scalars,)
+        self._launch_kernel(kernel, self._blocks, stream, args)
+
+    def _launch_kernel(self, kernel, blocks, stream, args):
         cp = _cupy
         if cp.cuda.runtime.getDevice() != self.device:
             with cp.cuda.Device(self.device), stream:
-                kernel((self._blocks,), (cuda_build.BLOCK,), args)
+                kernel((blocks,), (cuda_build.BLOCK,), args)
         elif self.on_torch_stream:
             with stream:
-                kernel((self._blocks,), (cuda_build.BLOCK,), args)
+                kernel((blocks,), (cuda_build.BLOCK,), args)
         else:
-            kernel((self._blocks,), (cuda_build.BLOCK,), args)   # stream is CuPy's current one
+            kernel((blocks,), (cuda_build.BLOCK,), args)   # stream is CuPy's current one
 
 
 def _float_view(array):
@@ -331,36 +462,47 @@ def _float_view(array):
     return array
 
 
+_reducers: dict = {}   # (device, dtype, sizes) -> _Reducer, for reduce_arrays (a few recent ones)
+
+
 def reduce_arrays(arrays, op: str, power: float = 2.0, grad_scale=None) -> list:
-    """Per array, the reduction `op` (fastopt.reference.REDUCTIONS) in float64, with CuPy array operations (one
-    device-to-host copy for all of them). Deterministic run to run; the order differs from the reference's (CuPy's
-    own reduction tree), within the bound tests/test_reductions.py states. Not yet one fused multi-tensor launch."""
-    cp = _cp()
+    """Per array, the reduction `op` (fastopt.reference.REDUCTIONS) of x / grad_scale in float64: one multi-tensor
+    pass (two launches, kernels/cuda/reduce.cu) per dtype, then one copy of the values to the host. Deterministic,
+    bitwise the same run to run; the order (common.cuh, fo_block_reduce) differs from the reference's, within the
+    bound tests/test_cuda_reduce.py derives. The scratch is kept for the last few lists of sizes (no allocation when a
+    training loop clips the same grads every step)."""
+    from fastopt.reference import REDUCTIONS
+    if op not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {op!r}; expected one of {sorted(REDUCTIONS)}")
     if not arrays:
         return []
-    parts = []
-    for a in arrays:
-        x = _float_view(a).ravel()
-        if grad_scale is not None:
-            x = x / x.dtype.type(grad_scale)
-        x = x.astype(cp.float64)
-        if op == "sumsq":
-            parts.append(cp.sum(x * x))
-        elif op == "sum":
-            parts.append(cp.sum(x))
-        elif op == "maxabs":
-            parts.append(cp.max(cp.abs(x)) if x.size else cp.zeros((), cp.float64))
-        elif op == "minabs":
-            parts.append(cp.min(cp.abs(x)) if x.size else cp.full((), cp.inf))
-        elif op == "nonfinite":
-            parts.append(cp.sum(~cp.isfinite(x)).astype(cp.float64))
-        elif op == "nonzero":
-            parts.append(cp.sum(x != 0).astype(cp.float64))
-        elif op == "sumpow":
-            parts.append(cp.sum(cp.abs(x) ** power))
+    cp = _cp()
+    values: list = [None] * len(arrays)
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"arrays[{i}]: the cuda reductions read contiguous arrays only")
+        groups.setdefault(_dtype_key(a.dtype), []).append(i)
+    torch_stream = next((a for a in arrays if _from_torch(a)), None) is not None and _torch() is not None
+    for key, indices in groups.items():
+        members = [arrays[i] for i in indices]
+        device = _one_device(members, "arrays")
+        sizes = tuple(int(a.size) for a in members)
+        cache_key = (device, key, sizes)
+        reducer = _reducers.pop(cache_key, None) or _Reducer(device, key, list(sizes))
+        _reducers[cache_key] = reducer
+        while len(_reducers) > 8:
+            _reducers.pop(next(iter(_reducers)))
+        if torch_stream:
+            handle = int(_torch().cuda.current_stream(device).cuda_stream)
+            stream = _external_stream(cp, handle, device)
         else:
-            raise ValueError(f"unknown reduction {op!r}")
-    return [float(v) for v in cp.stack(parts).get()]
+            with cp.cuda.Device(device):
+                stream = cp.cuda.get_current_stream()
+        part = reducer.run(tuple(int(a.data.ptr) for a in members), op, power, grad_scale, stream)
+        for i, v in zip(indices, part):
+            values[i] = v
+    return values
 
 
 def scale_in_place(array, coef: float) -> None:
@@ -503,9 +645,10 @@ class CudaBackend:
             target.set(source)
 
     def prepare(self, spec, params, slots, flags):
-        if spec.reductions:
-            raise NotImplementedError(f"{spec.class_name}: the cuda backend does not run optimizers with per-tensor "
-                                      "reductions yet (kernel contract v2); use backend='cpu' or 'numpy'")
+        if spec.kernel not in cuda_build.FAMILIES:
+            raise NotImplementedError(f"{spec.class_name}: the cuda backend has no kernels for kernel family "
+                                      f"{spec.kernel!r} (slots shaped unlike their params); use backend='cpu' or "
+                                      "'numpy'")
         return _CudaPlan(spec, [self.as_array(p) for p in params],
                          {k: None if v is None else [self.as_array(a) for a in v] for k, v in slots.items()}, flags)
 

@@ -212,8 +212,10 @@ __device__ __forceinline__ void fo_flat(const Op& op, P* p, const P* g, C* const
     const long long* __restrict__ sizes, long long ntensors
 #define FO_TABLE_ARGS chunks, nchunks, chunk_elems, ptrs, grad_ptrs, sizes, ntensors
 
+// `ts`: the per-tensor scalars (kernel contract v2), Op::NTS of them per tensor, tensor t's at ts + t * NTS; each
+// chunk's copy of the operation gets its tensor's (Op::set_tensor). Unused (null) when Op::NTS is 0.
 template <typename P, typename C, typename Op>
-__device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS) {
+__device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS, const C* __restrict__ ts = 0) {
     for (long long c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const unsigned long long code = (unsigned long long)chunks[c];
         const long long t = (long long)(code >> 32);
@@ -226,7 +228,13 @@ __device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS) {
 #pragma unroll
         for (int k = 0; k < Op::NSLOTS; ++k)
             s[k] = (Op::ACTIVE & (1u << k)) ? reinterpret_cast<C*>(ptrs[(k + 1) * ntensors + t]) + start : 0;
-        fo_range<P, C>(op, p, g, s, n, (long long)threadIdx.x, (long long)blockDim.x);
+        if constexpr (Op::NTS > 0) {
+            Op mine = op;
+            mine.set_tensor(ts + t * Op::NTS);
+            fo_range<P, C>(mine, p, g, s, n, (long long)threadIdx.x, (long long)blockDim.x);
+        } else {
+            fo_range<P, C>(op, p, g, s, n, (long long)threadIdx.x, (long long)blockDim.x);
+        }
     }
 }
 
@@ -236,13 +244,14 @@ __device__ __forceinline__ void fo_table(const Op& op, FO_TABLE_PARAMS) {
 template <typename Op, typename C>
 struct fo_grad_op {
     static constexpr int NSLOTS = Op::NSLOTS;
+    static constexpr int NTS = Op::NTS;
     static constexpr unsigned ACTIVE = Op::ACTIVE;
     Op op;
     C unscale_by, clip_coef;
 
-    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
-        op(p, (g / unscale_by) * clip_coef, s);
-    }
+    __device__ __forceinline__ C grad(C g) const { return (g / unscale_by) * clip_coef; }
+    __device__ __forceinline__ void set_tensor(const C* ts) { op.fo_set_tensor(ts); }
+    __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const { op(p, grad(g), s); }
 };
 
 // maximize flips the gradient, then L2 weight decay adds weight_decay * param when weight_decay != 0 (torch's order;
@@ -252,6 +261,173 @@ __device__ __forceinline__ C fo_direction(C p, C g, C grad_sign, C weight_decay)
     C d = g * grad_sign;
     if (weight_decay != C(0)) d = d + weight_decay * p;
     return d;
+}
+
+// ---- reductions (kernel contract v2) --------------------------------------------------------------------------------
+//
+// Deterministic multi-tensor reductions in float64, two launches per phase and nothing allocated per step:
+//   1. partials  one block per chunk of the chunk table (grid-stride over chunks): thread j of the block accumulates
+//                elements j, j + B, j + 2B, ... of the chunk in element order (B = blockDim.x = FO_BLOCK, a power of
+//                two); the B thread values then combine as a fixed tree, v[j] = v[j] (+) v[j + s] for
+//                s = B/2, B/4, ..., 1; v[0] is the chunk's partial, written to partials[c * NRED + r].
+//   2. combine   one block per tensor (grid-stride over tensors): thread j combines the tensor's chunk partials
+//                j, j + B, ... in chunk order, then the same tree; v[0] is the tensor's value.
+// The result depends on B and the chunk size, never on the grid size, the scheduling or the run: bitwise the same
+// run to run. It differs from fastopt.reference.reduce_tensor's order (8 lanes per chunk of 32768, chunks in order)
+// by roundings only, within the bound tests/test_cuda_reduce.py derives. max/min |x| are exact in any order.
+// The host build cannot run barriers or shared memory: there, thread 0 of each block does every thread's share in
+// turn and then the same tree serially (fo_block_reduce), so the host build computes exactly what the device does.
+
+// Tensor t, first element and length of chunk c of the chunk table (see fo_table).
+__device__ __forceinline__ void fo_chunk_span(const long long* __restrict__ chunks, long long c, long long chunk_elems,
+                                              const long long* __restrict__ sizes, long long& t, long long& start,
+                                              long long& n) {
+    const unsigned long long code = (unsigned long long)chunks[c];
+    t = (long long)(code >> 32);
+    start = (long long)(code & 0xffffffffull) * chunk_elems;
+    n = sizes[t] - start;
+    if (n > chunk_elems) n = chunk_elems;
+}
+
+#define FO_RED_SUMSQ 0      // codes of fastopt.reference.REDUCTIONS
+#define FO_RED_SUM 1
+#define FO_RED_MAXABS 2
+#define FO_RED_NONFINITE 3
+#define FO_RED_SUMPOW 4
+#define FO_RED_MINABS 5
+#define FO_RED_NONZERO 6
+
+__device__ __forceinline__ double fo_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+__device__ __forceinline__ double fo_red_start(int op) { return op == FO_RED_MINABS ? fo_inf() : 0.0; }
+
+// One value's term (fastopt.reference._terms); `power` only for sumpow (pow is not correctly rounded: CUDA's and the
+// C library's may differ in the last place).
+__device__ __forceinline__ double fo_red_term(double v, int op, double power) {
+    switch (op) {
+    case FO_RED_SUMSQ: return v * v;
+    case FO_RED_SUM: return v;
+    case FO_RED_NONFINITE: return fabs(v) < fo_inf() ? 0.0 : 1.0;   // comparisons only: inf and NaN count
+    case FO_RED_NONZERO: return v == 0.0 ? 0.0 : 1.0;
+    case FO_RED_SUMPOW: return pow(fabs(v), power);
+    default: return fabs(v);                                          // maxabs, minabs
+    }
+}
+
+// Two partials (fastopt.reference.combine): NaN wins for max and min, as torch's norms.
+__device__ __forceinline__ double fo_red_combine(int op, double a, double b) {
+    if (op == FO_RED_MAXABS) return (a > b || a != a) ? a : b;
+    if (op == FO_RED_MINABS) return (a < b || a != a) ? a : b;
+    return a + b;
+}
+
+// For item = blockIdx.x, blockIdx.x + gridDim.x, ... < nitems: every thread j of the block calls
+// share(item, j, B, acc) (acc starts at fo_red_start), the B values combine as the fixed tree above, and one thread
+// calls finish(item, values).
+template <int NRED, typename Share, typename Finish>
+__device__ __forceinline__ void fo_block_reduce(const int (&ops)[NRED], long long nitems, Share share,
+                                                Finish finish) {
+#ifdef FASTOPT_HOST
+    if (threadIdx.x != 0) return;       // fo_host_launch calls every thread; thread 0 plays all of them in turn
+    const int nthreads = (int)blockDim.x;
+    if (nthreads > 1024 || (nthreads & (nthreads - 1))) { fo_host_misaligned = 1; return; }
+    static double v[NRED][1024];
+    for (long long item = blockIdx.x; item < nitems; item += gridDim.x) {
+        for (int j = 0; j < nthreads; ++j) {
+            double acc[NRED];
+            for (int r = 0; r < NRED; ++r) acc[r] = fo_red_start(ops[r]);
+            share(item, (long long)j, (long long)nthreads, acc);
+            for (int r = 0; r < NRED; ++r) v[r][j] = acc[r];
+        }
+        for (int s = nthreads / 2; s > 0; s >>= 1)
+            for (int j = 0; j < s; ++j)
+                for (int r = 0; r < NRED; ++r) v[r][j] = fo_red_combine(ops[r], v[r][j], v[r][j + s]);
+        double out[NRED];
+        for (int r = 0; r < NRED; ++r) out[r] = v[r][0];
+        finish(item, out);
+    }
+#else
+    __shared__ double v[NRED][FO_BLOCK];
+    const int j = (int)threadIdx.x;
+    for (long long item = blockIdx.x; item < nitems; item += gridDim.x) {
+        double acc[NRED];
+#pragma unroll
+        for (int r = 0; r < NRED; ++r) acc[r] = fo_red_start(ops[r]);
+        share(item, (long long)j, (long long)FO_BLOCK, acc);
+#pragma unroll
+        for (int r = 0; r < NRED; ++r) v[r][j] = acc[r];
+        __syncthreads();
+#pragma unroll
+        for (int s = FO_BLOCK / 2; s > 0; s >>= 1) {
+            if (j < s) {
+#pragma unroll
+                for (int r = 0; r < NRED; ++r) v[r][j] = fo_red_combine(ops[r], v[r][j], v[r][j + s]);
+            }
+            __syncthreads();
+        }
+        if (j == 0) {
+            double out[NRED];
+#pragma unroll
+            for (int r = 0; r < NRED; ++r) out[r] = v[r][0];
+            finish(item, out);
+        }
+        __syncthreads();                // v is reused by the next item
+    }
+#endif
+}
+
+// Launch 2 for any reduction: tensor t's chunks are [tensor_chunks[t], tensor_chunks[t + 1]) of the partials.
+template <int NRED, typename Finish>
+__device__ __forceinline__ void fo_combine_tensors(const int (&ops)[NRED], const long long* __restrict__ tensor_chunks,
+                                                   long long ntensors, const double* __restrict__ partials,
+                                                   Finish finish) {
+    fo_block_reduce<NRED>(ops, ntensors, [&](long long t, long long j, long long nthreads, double (&acc)[NRED]) {
+        for (long long c = tensor_chunks[t] + j; c < tensor_chunks[t + 1]; c += nthreads) {
+#pragma unroll
+            for (int r = 0; r < NRED; ++r) acc[r] = fo_red_combine(ops[r], acc[r], partials[c * NRED + r]);
+        }
+    }, finish);
+}
+
+// Launch 1 of a family's reductions: values(p, g, s, v) gives, for one element, the NRED values to reduce (g as the
+// update sees it: unscaled and clipped); terms by fo_red_term, partials per chunk as above. Every slot the operation
+// reads is loaded (an inactive one reads 0).
+template <typename P, typename C, int NRED, typename Op, typename Values>
+__device__ __forceinline__ void fo_table_reduce(const Op& op, FO_TABLE_PARAMS, const int (&ops)[NRED],
+                                                double* __restrict__ partials, Values values) {
+    fo_block_reduce<NRED>(ops, nchunks, [&](long long c, long long j, long long nthreads, double (&acc)[NRED]) {
+        long long t, start, n;
+        fo_chunk_span(chunks, c, chunk_elems, sizes, t, start, n);
+        const P* p = reinterpret_cast<const P*>(ptrs[t]) + start;
+        const P* g = reinterpret_cast<const P*>(grad_ptrs[t]) + start;
+        const C* s[Op::NSLOTS];
+#pragma unroll
+        for (int k = 0; k < Op::NSLOTS; ++k)
+            s[k] = (Op::ACTIVE & (1u << k)) ? reinterpret_cast<const C*>(ptrs[(k + 1) * ntensors + t]) + start : 0;
+        for (long long i = j; i < n; i += nthreads) {
+            const C pc = fo_io<P, C>::load(p[i]);
+            const C gc = op.grad(fo_io<P, C>::load(g[i]));
+            C sc[Op::NSLOTS];
+#pragma unroll
+            for (int k = 0; k < Op::NSLOTS; ++k) sc[k] = (Op::ACTIVE & (1u << k)) ? s[k][i] : C(0);
+            double v[NRED];
+            values(pc, gc, sc, v);
+#pragma unroll
+            for (int r = 0; r < NRED; ++r) acc[r] = fo_red_combine(ops[r], acc[r], fo_red_term(v[r], ops[r], 2.0));
+        }
+    }, [&](long long c, const double (&out)[NRED]) {
+#pragma unroll
+        for (int r = 0; r < NRED; ++r) partials[c * NRED + r] = out[r];
+    });
+}
+
+// optax.scale_by_trust_ratio's factor from two sums of squares (fastopt.optimizers.lamb.trust_ratio): in float64,
+// coefficient * ||p|| / (||u|| + eps), 1 when either norm is 0, rounded once to C.
+template <typename C>
+__device__ __forceinline__ C fo_trust_ratio(double param_sumsq, double update_sumsq, double coefficient, double eps) {
+    const double p_norm = sqrt(param_sumsq), u_norm = sqrt(update_sumsq);
+    if (p_norm == 0.0 || u_norm == 0.0) return C(1);
+    return (C)(coefficient * p_norm / (u_norm + eps));
 }
 
 #endif  // FASTOPT_COMMON_CUH

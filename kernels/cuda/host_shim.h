@@ -2,9 +2,10 @@
 //
 // fastopt.cuda_build.build_host_library puts this text first, then the family source (common.cuh spliced in), then
 // generated extern "C" entry points that emulate a launch with fo_host_launch: every (block, thread) pair of the grid
-// runs the kernel body to completion, one after the other. That is exact for these kernels, which use no shared
+// runs the kernel body to completion, one after the other. That is exact for the update kernels, which use no shared
 // memory, barriers, warp operations or atomics, and whose threads never touch the same element; it cannot model any
-// of those, nor races. Build with -ffp-contract=off so that a*b + c stays two roundings, as the reference computes
+// of those, nor races. The reduction kernels' one use of shared memory and barriers (fo_block_reduce in
+// common.cuh) has a host branch that computes the same values in the same order serially. Build with -ffp-contract=off so that a*b + c stays two roundings, as the reference computes
 // it (the device build uses --fmad=false for the same reason); the host does not flush denormals (CuPy's -ftz does).
 
 #ifndef FASTOPT_HOST_SHIM_H
@@ -35,6 +36,7 @@ static fo_host_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 static inline unsigned int __float_as_uint(float x) { unsigned int u; std::memcpy(&u, &x, 4); return u; }
 static inline float __uint_as_float(unsigned int u) { float x; std::memcpy(&x, &u, 4); return x; }
+static inline double __longlong_as_double(long long u) { double x; std::memcpy(&x, &u, 8); return x; }
 
 // IEEE binary16 through the compiler's _Float16 (GCC >= 12 and Clang on x86-64 and AArch64): the conversions round
 // to nearest even, as cvt.rn.f16.f32 does on the device.
