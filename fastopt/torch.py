@@ -107,6 +107,12 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return permuted.view(-1)
 
 
+def _shaped_view(t: torch.Tensor) -> torch.Tensor:
+    """The tensor itself, for optimizers with shaped state (fastopt.specs.Slot.shape), which read the params' shapes;
+    the callers have checked it is contiguous."""
+    return t
+
+
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.stride() == b.stride() or (a.is_contiguous() and b.is_contiguous())
 
@@ -136,8 +142,9 @@ class _Plan:
     """A param group's prepared update, valid while the same params (at the same addresses) have grads, their state
     tensors are the same objects and the flags are the same. Checking that costs a few list comparisons."""
 
-    def __init__(self, params, state, flags, runs, contiguous):
+    def __init__(self, params, state, flags, runs, contiguous, shaped=False):
         self.params, self.flags, self.runs, self.contiguous = list(params), flags, runs, contiguous
+        self.shaped = shaped   # shaped state (fastopt.specs.Slot.shape): the kernels see grads in the params' shape
         self.ptrs = [p.data_ptr() for p in params]
         self.value_ids = self._value_ids(params, state)
         self.grads: list = []       # the grad tensors of the last step (held: their memory stays theirs)
@@ -159,6 +166,8 @@ class _Plan:
     def run(self, grads, hyper) -> None:
         if not self.same_grads(grads):
             self.grad_views = [_grad_view(g, p, c) for g, p, c in zip(grads, self.params, self.contiguous)]
+            if self.shaped:   # contiguous params (checked when built): the flat view in the param's shape
+                self.grad_views = [v.reshape(tuple(p.shape)) for v, p in zip(self.grad_views, self.params)]
             self.grads = list(grads)
         views = self.grad_views
         single = len(self.runs) == 1
@@ -347,6 +356,8 @@ class Optimizer(torch.optim.Optimizer):
                 entry = state_dict["state"].get(key)
                 if entry is None:
                     continue
+                # shaped state (fastopt.specs.Slot.shape): each slot's shape for this param, None where it has none
+                shapes = {s.name: s.shape_for(tuple(p.shape), hyper) for s in self.spec.active_slots(hyper)}
                 at = f"state_dict['state'][{key!r}]"
                 if not isinstance(entry, dict):
                     raise TypeError(f"{at}: expected a dict, got {type(entry).__name__}")
@@ -365,19 +376,23 @@ class Optimizer(torch.optim.Optimizer):
                             functional.host_float(value, f"{at}[{name!r}]")
                         continue
                     if value is None:
-                        if name in active and step > 0:
+                        if name in active and shapes[name] is not None and step > 0:
                             raise ValueError(f"{at}: {name!r} is missing but step is {step}; the state is "
                                              "incomplete (starting it from zeros would change the trajectory)")
                         continue
+                    if name in shapes and shapes[name] is None:
+                        raise ValueError(f"{at}[{name!r}]: {type(self).__name__} keeps no {name!r} for a param of "
+                                         f"shape {tuple(p.shape)}")
                     if isinstance(value, np.ndarray):
                         raise TypeError(f"{at}[{name!r}]: a NumPy array: a fastopt.{self.spec.class_name} state "
                                         "dict? convert it with fastopt.torch.to_torch_state_dict(state_dict, self)")
                     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                         raise TypeError(f"{at}[{name!r}]: expected a floating-point tensor, got "
                                         f"{getattr(value, 'dtype', type(value).__name__)}")
-                    if value.shape != p.shape:
-                        raise ValueError(f"{at}[{name!r}]: has shape {tuple(value.shape)}, the param has "
-                                         f"{tuple(p.shape)}")
+                    want = shapes.get(name) or tuple(p.shape)
+                    if tuple(value.shape) != want:
+                        raise ValueError(f"{at}[{name!r}]: has shape {tuple(value.shape)}, expected {want} (the "
+                                         f"param has {tuple(p.shape)})")
                 if fmt["has_step"] and "step" not in entry and any(entry.get(n) is not None for n in active):
                     raise ValueError(f"{at}: has state but no 'step'")
 
@@ -428,6 +443,12 @@ class Optimizer(torch.optim.Optimizer):
         if self._format()["has_step"]:
             state["step"] = torch.tensor(0.0, dtype=_step_dtype())
         for slot in self.spec.active_slots(hyper):
+            if slot.shape is not None:   # shaped state: its own shape for this param, or none
+                shape = slot.shape_for(tuple(p.shape), hyper)
+                if shape is not None:
+                    state[slot.name] = torch.full(shape, slot.init(hyper), dtype=self._state_dtype(p),
+                                                  device=p.device)
+                continue
             state[slot.name] = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p),
                                                memory_format=torch.preserve_format)
         for h in self.spec.host_state:  # torch's 0-d scalar state (NAdam's mu_product, ASGD's eta and mu)
@@ -460,6 +481,8 @@ class Optimizer(torch.optim.Optimizer):
         """Create missing state, check it, and prepare one FusedUpdate per device and step count."""
         fmt = self._format()
         active = self.spec.active_slots(hyper)
+        shaped = any(s.shape is not None for s in self.spec.slots)
+        view = _shaped_view if shaped else _flat   # shaped state: the kernels factor the params' own shapes
         position = {id(p): i for i, p in enumerate(self.param_groups[index]["params"])}
         labels = [f"param_groups[{index}]['params'][{position[id(p)]}]" for p in params]
         steps, views, hosts = [], [], []
@@ -471,29 +494,44 @@ class Optimizer(torch.optim.Optimizer):
             if fmt["has_step"]:
                 step_t = state.get("step")
                 step_value = _checked_step(0 if step_t is None else step_t, f"state of {label}: 'step'")
+            if shaped and not p.is_contiguous():
+                raise ValueError(f"{label}: {type(self).__name__} factors the param's last two dims and needs a "
+                                 "contiguous param; pass p.contiguous()")
             for slot in active:
                 value = state.get(slot.name)
+                shape = slot.shape_for(tuple(p.shape), hyper)
+                if shape is None:   # shaped state this param does not keep
+                    if value is not None:
+                        raise ValueError(f"state of {label}: {type(self).__name__} keeps no {slot.name!r} for a "
+                                         f"param of shape {tuple(p.shape)}")
+                    continue
                 if value is None:
                     if step_value > 0:
                         raise ValueError(f"state of {label}: {slot.name!r} is missing but step is {step_value}")
-                    value = torch.full_like(p, slot.init(hyper), dtype=self._state_dtype(p))
+                    value = torch.full(shape, slot.init(hyper), dtype=self._state_dtype(p), device=p.device)
                     created = True
-                state[slot.name] = _like(p, value, self._state_dtype(p))  # torch's load casts; the kernel can't
+                if slot.shape is None:
+                    state[slot.name] = _like(p, value, self._state_dtype(p))  # torch's load casts; the kernel can't
+                else:
+                    state[slot.name] = value.to(p.device, self._state_dtype(p)).contiguous()
             # torch's SGD stores no step: its first step is the one that creates the momentum buffer.
             steps.append(step_value if fmt["has_step"] else 0 if created else 1)
             hosts.append(self._host_values(p, state, hyper, step_value, label))
-            views.append([_flat(p.detach())] + [_flat(state[s.name].detach()) for s in active])
+            views.append([view(p.detach())] + [None if state.get(s.name) is None else view(state[s.name].detach())
+                                               for s in active])
         runs = []
         for (device, step, host), positions in functional.indices_by(
                 (p.device, s, h) for p, s, h in zip(params, steps, hosts)).items():
             tensors = [views[i] for i in positions]
-            arrays = [[t.numpy() if device.type == "cpu" else t for t in row] for row in tensors]
+            arrays = [[t.numpy() if device.type == "cpu" and t is not None else t for t in row] for row in tensors]
             backend = dispatch.choose_backend([row[0] for row in arrays], self._requested_backend)
             param_arrays = [backend.as_array(row[0]) for row in arrays]
-            state_lists = {s.name: [backend.as_array(row[1 + j]) for row in arrays] for j, s in enumerate(active)}
+            state_lists = {s.name: [None if row[1 + j] is None else backend.as_array(row[1 + j]) for row in arrays]
+                           for j, s in enumerate(active)}
             names = [labels[i] for i in positions]
-            every = param_arrays + [a for arrs in state_lists.values() for a in arrs]
-            functional.check_params(every, backend, names + [f"state {s} of {n}" for s in state_lists for n in names])
+            kept = [(a, f"state {s} of {n}") for s, arrs in state_lists.items() for a, n in zip(arrs, names)
+                    if a is not None]
+            functional.check_params(param_arrays + [a for a, _ in kept], backend, names + [n for _, n in kept])
             functional.check_state(self.spec, hyper, param_arrays, state_lists, backend, names)
             if device.type == "cuda":
                 with _torch_stream(device):
@@ -515,7 +553,7 @@ class Optimizer(torch.optim.Optimizer):
                     self.state[params[i]][h.name] = host_tensors[-1][j]
             runs.append(_Run(update, positions, backend, step, counter, keep=(tensors, arrays), host=host,
                              host_tensors=tuple(host_tensors)))
-        return _Plan(params, self.state, self.spec.flags(hyper), runs, [p.is_contiguous() for p in params])
+        return _Plan(params, self.state, self.spec.flags(hyper), runs, [p.is_contiguous() for p in params], shaped)
 
 
 # ---- CUDA: launch on torch's current stream (not yet run on a GPU) ---------------------------------------------------

@@ -33,7 +33,7 @@ def _plan(opt):
         stack = [value]
         while stack:
             item = stack.pop()
-            if type(item).__name__ == "_NumbaPlan":
+            if type(item).__name__ == "_NumbaPlan" or type(item).__module__.startswith("fastopt.kernels.cpu."):
                 plans.append(item)
             elif isinstance(item, (list, tuple)):
                 stack.extend(item)

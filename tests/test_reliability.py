@@ -144,7 +144,8 @@ def _addresses(opt):
     out = []
     for group, record in zip(opt.param_groups, opt._groups):
         out += [p.__array_interface__["data"][0] for p in group["params"]]
-        out += [a.__array_interface__["data"][0] for arrays in record.state.values() for a in arrays]
+        out += [a.__array_interface__["data"][0] for arrays in record.state.values() for a in arrays
+            if a is not None]
     return set(out)
 
 
