@@ -225,7 +225,9 @@ class Optimizer:
         record.taken += 1
         return True
 
-    def _step(self, grads, transform=None) -> None:
+    def _step(self, grads, transform=None, decided=None) -> None:
+        """`transform`: (grad_scale, found_inf) as step() takes them. `decided`: (grad_scale, clipping factor) already
+        settled by the caller, which reduced the gradients itself (fastopt.distributed: across ranks)."""
         groups = self._groups
         if len(self.param_groups) != len(groups):
             raise ValueError("param_groups: groups were added or removed by hand; use add_param_group")
@@ -254,7 +256,9 @@ class Optimizer:
         prepared = [self._prepared(record, layout, hyper) for record, (layout, hyper, _, _) in zip(groups, work)]
         # 3. Run every group (after the gradient transform's reductions, which may skip the whole step).
         grad_scale = grad_factor = None
-        if transform is not None:
+        if decided is not None:
+            grad_scale, grad_factor = decided
+        elif transform is not None:
             every = [(update, record.grad_views if grad_views is None else grad_views, indices, len(updates))
                      for record, (_, _, (_, updates)), (_, _, _, grad_views) in zip(groups, prepared, work)
                      for indices, update in updates]

@@ -266,6 +266,20 @@ def test_sharded_steps_equal_single_process_on_mean_grads(mpi_run, name):
         assert case["views_current"]
 
 
+def test_clipping_and_amp_follow_a_single_process(mpi_run):
+    size, ranks = mpi_run
+    for rank in ranks:
+        for label, case in rank["clip_amp"].items():
+            assert case["skips_agree"], f"{label}: {case['skipped']}"
+            assert case["identical_across_ranks"], label
+            if label.startswith("amp"):   # the inf at step 3 and found_inf at step 5 skip everywhere
+                assert case["skipped"][2] and case["skipped"][4] and not any(case["skipped"][:2]), label
+            if label in ("clip_inf", "amp") or size == 1:   # no sum split between ranks: exact
+                assert case["params_equal"], f"{label}: max relative difference {case['max_rel_diff']}"
+            else:   # the 2- and 1-norms are summed by piece: the coefficient may differ in its last bits
+                assert case["max_rel_diff"] < 1e-5, label
+
+
 def test_engine_reduction(mpi_run):
     size, ranks = mpi_run
     for rank in ranks:

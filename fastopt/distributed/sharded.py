@@ -14,6 +14,14 @@ them only.
 A step: copy the local grads into the flat grad bucket (one copy; none when they are `grad_views`), reduce across
 ranks to this rank's block, divide by the world size, run the fused update on the shard, all-gather the param bucket,
 copy into the user's arrays (unless `copy_back=False`: then train `param_views`). No array is allocated per step.
+
+Clipping (`max_grad_norm=`) and AMP (`step(grads, grad_scale=, found_inf=)`) work as on a plain optimizer, on the mean
+grads: under AMP the shard's mean is divided by grad_scale in place (the values a plain optimizer's update sees); each
+rank reduces its pieces (the cpu/cuda reduction kernels, float64), one small exchange gathers every rank's values,
+and every rank combines them per param in rank order and then over the params in order: the same total norm and the
+same skip decision on every rank, run to run. The total norm differs from a single process's in the last bits when
+a param is split between ranks (the sum is grouped by piece), so clipped steps follow a plain optimizer within
+rounding, not bit for bit; AMP's skip decisions are exact.
 The grad bucket is the reduction's scratch: after a step, `grad_views` hold other ranks' data (write every grad
 each step, as a backward pass does).
 
@@ -33,13 +41,16 @@ element is computed on one rank and gathered.
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import operator
 
 import numpy
 
+from fastopt import clip, reference
 from fastopt.distributed.engines import Engine, array_module, as_engine
 from fastopt.modes import MODE_SWITCHES
+from fastopt.optim import _scalar_arg
 
 ALIGN_BYTES = 16  # a shard starts on a 16-byte boundary: vector loads stay aligned on every rank
 
@@ -108,7 +119,8 @@ def splittable(spec) -> bool:
 class ShardedOptimizer:
     """ZeRO-1 around any fastopt optimizer class: state for this rank's shard only, the mean of the ranks' grads.
 
-    ShardedOptimizer(optimizer_class, params, comm, *, reduction="ordered", copy_back=True, backend=None, **hyper)
+    ShardedOptimizer(optimizer_class, params, comm, *, reduction="ordered", copy_back=True, backend=None,
+                     max_grad_norm=None, norm_type=2.0, **hyper)
 
     - `optimizer_class`: a fastopt optimizer class (fastopt.Adam, fastopt.Momentum, ...); `hyper` as for it.
     - `params`: as for the class (list or dict of arrays, or a list of param-group dicts); identical on every rank.
@@ -118,17 +130,24 @@ class ShardedOptimizer:
       Engine (see fastopt.distributed.engines).
     - `reduction`: "ordered" (default; bitwise the mean a single process computes, see the module docstring) or
       "engine" (the engine's reduce-scatter, in the engine's order of additions; over NCCL it needs less memory).
+    - `max_grad_norm`, `norm_type`: clipping by the total norm of the mean grads, folded into the update, as on the
+      optimizer classes (see the module docstring for the order of the sum).
 
     Every call is collective: every rank must call it, in the same order. Bad input on any rank raises the same
     error on every rank (prefixed with the rank it came from) before any data moves.
     """
 
+    last_step_skipped: bool = False   # True after a step AMP skipped (read by fastopt.GradScaler)
+
     def __init__(self, optimizer_class, params, comm, *, reduction="ordered", copy_back=True, backend=None,
-                 **hyperparameters):
+                 max_grad_norm=None, norm_type=2.0, **hyperparameters):
         self.engine: Engine = as_engine(comm)
         self.rank, self.world_size = self.engine.rank, self.engine.size
         error = None
         try:
+            self.max_grad_norm = None if max_grad_norm is None else clip.max_norm_value(max_grad_norm,
+                                                                                         "max_grad_norm")
+            self.norm_type = clip.norm_type_value(norm_type)
             self._setup(optimizer_class, params, reduction, copy_back, backend, hyperparameters)
         except (TypeError, ValueError) as caught:
             error = caught
@@ -239,9 +258,11 @@ class ShardedOptimizer:
     def _hyper(self, group: dict) -> dict:
         return {h.name: group[h.name] for h in self.spec.hypers}
 
-    def _fingerprint(self, layout=False) -> str:
-        """A digest of what every rank must agree on: the buckets' shapes and dtypes, hyperparameters and steps."""
-        parts = [self.optimizer_class.__name__, self.reduction]
+    def _fingerprint(self, layout=False, step=None) -> str:
+        """A digest of what every rank must agree on: the buckets' shapes and dtypes, hyperparameters and steps (and
+        `step`, what a step's arguments must agree on)."""
+        parts = [self.optimizer_class.__name__, self.reduction, repr((self.max_grad_norm, self.norm_type)),
+                 repr(step)]
         for g, group in enumerate(self.param_groups):
             parts.append(repr(sorted((k, _plain(v)) for k, v in self._hyper(group).items())))
             parts.append(repr([(tuple(a.shape), str(a.dtype)) for a in self._arrays[g]]))
@@ -265,15 +286,22 @@ class ShardedOptimizer:
 
     # ---- the step -------------------------------------------------------------------------------------------------
 
-    def step(self, grads) -> None:
-        """One step on the mean of every rank's `grads` (same structure as params). Collective."""
+    def step(self, grads, grad_scale=None, found_inf=None) -> None:
+        """One step on the mean of every rank's `grads` (same structure as params). Collective.
+
+        `grad_scale` and `found_inf` as fastopt.Optimizer.step takes them (AMP), on the mean grads: grad_scale must be
+        the same on every rank; the step is skipped on every rank when any rank's found_inf is non-zero or, without
+        found_inf, when any mean grad holds inf or NaN."""
         error = None
         try:
             self._check_mode()
             per_group = self._check_grads(grads)
+            grad_scale = _scalar_arg(grad_scale, "grad_scale")
+            found_inf = _scalar_arg(found_inf, "found_inf")
         except (TypeError, ValueError) as caught:
             error = caught
-        self._agree(error, self._fingerprint())
+        # grad_scale must agree (it changes every update); whether found_inf is given too (one exchange more)
+        self._agree(error, self._fingerprint(step=(grad_scale, found_inf is None)))
         for bucket in self.buckets:
             views, group_grads = bucket.grad_views, per_group[bucket.group]
             for view, i in zip(views, bucket.members):
@@ -289,19 +317,73 @@ class ShardedOptimizer:
             else:
                 self.engine.reduce_scatter_sum(bucket.grads, bucket.mean)
             self._xp.true_divide(bucket.mean, self.world_size, out=bucket.mean)
-        # Hook for clipping by global norm and AMP's found_inf (issue 12, not landed): both are reductions of the
-        # mean grads; on a shard they are the local partial over `bucket.mean`, summed (norm) or max-ed (found_inf)
-        # across ranks with one small collective here, before the update, so every rank takes the same decision.
+            if grad_scale is not None:   # AMP: what a plain optimizer's update sees, mean / grad_scale in its dtype
+                self._xp.true_divide(bucket.mean, bucket.dtype.type(grad_scale), out=bucket.mean)
+        go, factor = True, None
+        if grad_scale is not None or found_inf is not None or self.max_grad_norm is not None:
+            go, factor = self._grad_transform(grad_scale, found_inf)
+        self.last_step_skipped = not go
+        if not go:
+            return   # on every rank: params, state and step counts stay as they were
         if self.local_optimizer is not None:
-            for inner, bucket in zip(self.local_optimizer.param_groups, self._local):
-                inner.update(self._hyper(self.param_groups[bucket.group]))  # param_groups are live, as in torch
-            self.local_optimizer.step(self._local_grads)
+            inner = self.local_optimizer
+            for group, bucket in zip(inner.param_groups, self._local):
+                group.update(self._hyper(self.param_groups[bucket.group]))  # param_groups are live, as in torch
+            if factor is None:
+                inner.step(self._local_grads)
+            else:
+                with inner._lock:
+                    inner._step(self._local_grads, decided=(None, factor))
         for bucket in self.buckets:
             if bucket.block:
                 self.engine.all_gather(bucket.params)
         for g, steps in enumerate(self._steps):
             self._steps[g] = [s + 1 for s in steps]
         self._copy_back()
+
+    def _grad_transform(self, grad_scale, found_inf):
+        """(run the step?, clipping factor or None): the decisions of fastopt.Optimizer._grad_transform, from every
+        rank's reductions of its pieces of the mean grads (already divided by grad_scale), combined alike on every
+        rank. Collective."""
+        if found_inf is not None:
+            if any(flag != 0 for flag in self.engine.exchange(found_inf)):
+                return False, None
+        elif grad_scale is not None:
+            if self.max_grad_norm is not None and self.norm_type == 2:
+                # one pass serves both (as Optimizer._grad_transform): finite unless a grad is inf/NaN or it overflowed
+                squares = self._per_param("sumsq")
+                total = reference.reduce_group(squares, "sumsq")
+                if not math.isfinite(total) and reference.reduce_group(self._per_param("nonfinite"), "nonfinite"):
+                    return False, None
+                return True, self._clip_coefficient(clip.norm_from(total, 2.0))
+            if reference.reduce_group(self._per_param("nonfinite"), "nonfinite") != 0:
+                return False, None
+        if self.max_grad_norm is None:
+            return True, None
+        op, power = clip.reduction_for(self.norm_type)
+        return True, self._clip_coefficient(clip.total_norm_of(self._per_param(op, power), self.norm_type))
+
+    def _per_param(self, op: str, power: float = 2.0) -> list:
+        """Per param of every group (in order), the reduction `op` of its mean grads: each rank reduces its pieces,
+        one exchange, then every rank combines the pieces of each param in rank order."""
+        mine = []
+        if self.local_optimizer is not None:
+            arrays = [g for bucket in self._local for g in bucket.shard_grads]
+            values = clip._per_tensor(self.local_optimizer.backend, arrays, op, power)
+            keys = [(bucket.group, bucket.members[j]) for bucket in self._local for j, _, _ in bucket.pieces]
+            mine = [(*key, value) for key, value in zip(keys, values)]
+        per_param = {}
+        for report in self.engine.exchange(mine):   # rank order
+            for g, i, value in report:
+                key = (g, i)
+                per_param[key] = value if key not in per_param else reference.combine(op, per_param[key], value)
+        start = reference.reduction_start(op)   # an empty param: no piece anywhere
+        return [per_param.get((g, i), start) for g, arrays in enumerate(self._arrays) for i in range(len(arrays))]
+
+    def _clip_coefficient(self, total_norm: float) -> float:
+        first = numpy.dtype(self._arrays[0][0].dtype)   # as a plain optimizer: the first param's state dtype
+        dtype = numpy.dtype(numpy.float32) if first.itemsize < 4 else first
+        return reference.clip_coefficient(total_norm, self.max_grad_norm, dtype)
 
     def _check_mode(self):
         if self._switch is not None and not all(g[self._switch.key] for g in self.param_groups):

@@ -134,6 +134,54 @@ def case_trajectory(name, reduction="ordered", steps=10):
                                  zip(sharded.param_views[0] + sharded.param_views[1], mine))}
 
 
+def case_clip_amp(steps=8):
+    """Clipping and AMP on the mean grads against a single process stepping on them: the same skips (an inf in one
+    rank's grads at step 3, found_inf from the last rank only at step 5) and the same params, bit for bit except
+    where the 2-norm is summed over pieces split between ranks (then within rounding)."""
+    report = {}
+    variants = {"clip2": ({"max_grad_norm": 0.5}, False),
+                "clip_inf": ({"max_grad_norm": 0.05, "norm_type": "inf"}, False),
+                "amp": ({}, True),
+                "amp_clip2": ({"max_grad_norm": 0.5}, True),
+                "amp_clip1": ({"max_grad_norm": 2.0, "norm_type": 1.0}, True)}
+    for label, (clip, amp) in variants.items():
+        params = make_params()
+        # SGD with momentum: unlike Adam its step scales with the clipping coefficient
+        sharded = ShardedOptimizer(fastopt.SGD, grouped([p.copy() for p in params]), WORLD, lr=0.01, momentum=0.9,
+                                   **clip)
+        single = fastopt.SGD(grouped([p.copy() for p in params]), lr=0.01, momentum=0.9, **clip)
+        skips, max_rel, equal = [], 0.0, True
+        for t in range(1, steps + 1):
+            mine, mean = grads_of(t, RANK, params), mean_grads(t, SIZE, params)
+            if amp:   # scaled grads, as a loss scaler leaves them (a power of two: exact)
+                mine, mean = [g * 256 for g in mine], [g * 256 for g in mean]
+            if t == 3 and RANK == SIZE - 1:
+                mine[1][0] = np.inf
+            if t == 3:
+                mean[1][0] = np.inf   # what the mean holds when one rank's grad is inf
+            kwargs = {"grad_scale": 256.0} if amp else {}
+            if t == 5 and amp:
+                sharded.step(per_group(mine), found_inf=1.0 if RANK == SIZE - 1 else 0.0, **kwargs)
+                single.step(per_group(mean), found_inf=1.0, **kwargs)
+            elif t == 3 and not amp:
+                continue   # without AMP an inf grad is stepped on (NaN params), as in torch
+            else:
+                sharded.step(per_group(mine), **kwargs)
+                single.step(per_group(mean), **kwargs)
+            skips.append((sharded.last_step_skipped, single.last_step_skipped))
+            got = sharded.param_groups[0]["params"] + sharded.param_groups[1]["params"]
+            want = single.param_groups[0]["params"] + single.param_groups[1]["params"]
+            for a, b in zip(got, want):
+                equal &= bool(np.array_equal(a, b))
+                if a.size:
+                    scale = np.maximum(np.abs(b.astype(np.float64)), 1e-3)
+                    max_rel = max(max_rel, float(np.max(np.abs(a.astype(np.float64) - b) / scale)))
+        report[label] = {"skips_agree": all(x == y for x, y in skips), "skipped": [x for x, _ in skips],
+                         "params_equal": equal, "max_rel_diff": max_rel,
+                         "identical_across_ranks": on_every_rank(WORLD, digest(got))}
+    return report
+
+
 def run_sharded(comm, cls, params, hyper, first, last, checkpoint=None):
     """Steps first..last on `comm` (None: this rank sits out); returns (params, state_dict) on members."""
     if comm is None:
@@ -272,6 +320,7 @@ def main(out):
     results["engine_reduction"] = case_trajectory("adam", reduction="engine")
     results["resume"] = {n: case_resume(n, 2 if SIZE > 2 else 1) for n in ("adam", "sgd", "rmsprop")}
     results["faults"] = case_faults()
+    results["clip_amp"] = case_clip_amp()
     results["views"] = case_views()
     gathered = WORLD.gather(results, root=0)
     if RANK == 0:
