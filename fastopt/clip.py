@@ -3,7 +3,7 @@
     total_norm = fastopt.clip_grad_norm_(grads, max_norm=1.0)   # grads scaled in place when the norm exceeds it
 
 The norm is one multi-tensor pass over the grads (the reduction kernels of fastopt.kernels.cpu._reduce on the cpu
-backend, fastopt.reference on numpy, CuPy array operations on cuda), accumulated in float64 in a fixed order, so the
+backend, fastopt.reference on numpy, kernels/cuda/reduce.cu on cuda), accumulated in float64 in a fixed order, so the
 result is the same run to run. Optimizers take `max_grad_norm=` instead: there the coefficient is folded into the
 update, so the grads are read once more by the update and never written (fastopt.optim.Optimizer.step).
 """
