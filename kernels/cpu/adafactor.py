@@ -20,7 +20,8 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from fastopt.optimizers.adafactor import block_rows, eps1_of, step_factor
 
@@ -29,18 +30,25 @@ from ._common import CACHE, CHUNK, SPAN_OPTIONS, chunk_table, driver, lerp, span
 INLINE = {"inline": "always", **SPAN_OPTIONS}
 
 
-@njit(**INLINE)
-def _grad(x, unscale_by, clip_coef, transform):
-    """The gradient as the update sees it: divided by the AMP scale, then times the clipping coefficient."""
-    if transform:
-        return (x / unscale_by) * clip_coef
-    return x
+def _grad(x, unscale_by, clip_coef):
+    """The gradient as the update sees it: divided by the AMP scale, then times the clipping coefficient; both None
+    when unused, which Numba compiles as a variant without the division (see _grad_typed)."""
+    return x if unscale_by is None else (x / unscale_by) * clip_coef
+
+
+@overload(_grad, inline="always")
+def _grad_typed(x, unscale_by, clip_coef):
+    # Decided by the argument's type when a driver is compiled: no run-time branch splits the loop bodies (which
+    # keeps LLVM from vectorising them) and no division is paid when the transform is off.
+    if isinstance(unscale_by, types.NoneType):
+        return lambda x, unscale_by, clip_coef: x
+    return lambda x, unscale_by, clip_coef: (x / unscale_by) * clip_coef
 
 
 @njit(**INLINE)
 def _clamp_min(x, low):
     """torch's clamp_(min=low), NaN kept: the reference's np.where((x >= low) | isnan(x), x, low)."""
-    return x if (x >= low or x != x) else low
+    return low if x < low else x
 
 
 @njit(**INLINE)
@@ -48,70 +56,97 @@ def _tree(l0, l1, l2, l3, l4, l5, l6, l7):
     return ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
 
 
+# Sums in reduce_chunk's order: term i of a chunk to lane i % 8, each lane a float64 local, the lanes combined as a
+# tree. `term(x, y, i, args)` gives term i (float64). As the generated reductions do (fastopt.codegen.REDUCE_BLOCK):
+# per block of BLOCK elements, the terms into `buf` (a loop LLVM vectorises), then the block's terms into the lanes
+# (blocks start at multiples of 8, so lane j of a block is lane j of the chunk). Loops run from 0 on slices: a
+# possibly negative index makes Numba wrap it, which keeps LLVM from vectorising (measured: 11x slower update pass).
+BLOCK = 256
+
+
 @njit(**INLINE)
-def _chunk_sum(x, a, b, square):
-    """reduce_chunk's order over x[a:b] (at most CHUNK values): value i to lane (i - a) % 8, lanes combined as a
-    tree; float64 terms, squared when `square`."""
+def _lanes(term, x, y, args, buf):
     l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
-    m8 = a + ((b - a) // 8) * 8
-    for i in range(a, m8, 8):
-        v0, v1, v2, v3 = np.float64(x[i]), np.float64(x[i + 1]), np.float64(x[i + 2]), np.float64(x[i + 3])
-        v4, v5, v6, v7 = np.float64(x[i + 4]), np.float64(x[i + 5]), np.float64(x[i + 6]), np.float64(x[i + 7])
-        if square:
-            v0, v1, v2, v3, v4, v5, v6, v7 = v0 * v0, v1 * v1, v2 * v2, v3 * v3, v4 * v4, v5 * v5, v6 * v6, v7 * v7
-        l0 += v0
-        l1 += v1
-        l2 += v2
-        l3 += v3
-        l4 += v4
-        l5 += v5
-        l6 += v6
-        l7 += v7
-    for i in range(m8, b):   # the tail: lane i - m8
-        v = np.float64(x[i])
-        if square:
-            v = v * v
-        k = i - m8
-        if k == 0:
-            l0 += v
-        elif k == 1:
-            l1 += v
-        elif k == 2:
-            l2 += v
-        elif k == 3:
-            l3 += v
-        elif k == 4:
-            l4 += v
-        elif k == 5:
-            l5 += v
-        else:
-            l6 += v
+    n = x.size
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        xs, ys = x[start:stop], y[start:stop]
+        size = stop - start
+        for i in range(size):
+            buf[i] = term(xs, ys, i, args)
+        m8 = size - size % 8
+        for j in range(0, m8, 8):
+            l0 += buf[j]
+            l1 += buf[j + 1]
+            l2 += buf[j + 2]
+            l3 += buf[j + 3]
+            l4 += buf[j + 4]
+            l5 += buf[j + 5]
+            l6 += buf[j + 6]
+            l7 += buf[j + 7]
+        for j in range(m8, size):   # the chunk's last terms, fewer than 8: lanes 0...
+            v, k = buf[j], j - m8
+            if k == 0:
+                l0 += v
+            elif k == 1:
+                l1 += v
+            elif k == 2:
+                l2 += v
+            elif k == 3:
+                l3 += v
+            elif k == 4:
+                l4 += v
+            elif k == 5:
+                l5 += v
+            else:
+                l6 += v
     return _tree(l0, l1, l2, l3, l4, l5, l6, l7)
 
 
 @njit(**INLINE)
-def _row_sums(g, start, n, col, unscale_by, clip_coef, transform, lanes):
-    """One row g[start:start + n]: adds each g^2 (float64) to col[j] and returns the row's sum in reduce_tensor's
-    order (chunks of CHUNK, lanes as _chunk_sum). `lanes`: 8 float64 of scratch."""
+def _tensor_sum(term, x, y, args, buf):
+    """reduce_tensor's order over x (and y alike): chunks of CHUNK, each by _lanes, added in order from 0.0."""
     total = 0.0
-    for c0 in range(0, n, CHUNK):
-        c1 = min(c0 + CHUNK, n)
-        lanes[:] = 0.0
-        for j in range(c0, c1):
-            v = np.float64(_grad(g[start + j], unscale_by, clip_coef, transform))
-            v = v * v
-            col[j] += v
-            lanes[(j - c0) & 7] += v
-        total += _tree(lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7])
+    for c0 in range(0, x.size, CHUNK):
+        c1 = min(c0 + CHUNK, x.size)
+        total += _lanes(term, x[c0:c1], y[c0:c1], args, buf)
     return total
 
 
+@njit(**INLINE)
+def _square(x, y, i, args):
+    v = np.float64(x[i])
+    return v * v
+
+
+@njit(**INLINE)
+def _value(x, y, i, args):
+    return np.float64(x[i])
+
+
+@njit(**INLINE)
+def _grad_square(x, y, i, args):
+    v = np.float64(_grad(x[i], args[0], args[1]))
+    return v * v
+
+
+@njit(**INLINE)
+def _add_grad_squares(g, col, unscale_by, clip_coef):
+    """col[j] += g[j]^2 in float64 (a second loop over the row, in cache: kept apart from the lanes, both loops
+    vectorise)."""
+    for j in range(g.size):
+        v = np.float64(_grad(g[j], unscale_by, clip_coef))
+        col[j] += v * v
+
+
 @driver
-def sums_of_squares(pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, transform, pp_part, rowsum,
-                    colpart, lanes):
+def sums_of_squares(pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, pp_part, rowsum,
+                    colpart, scratch):
     for c in prange(pchunks.shape[0]):
         t, a, b = pchunks[c, 0], pchunks[c, 1], pchunks[c, 2]
-        pp_part[c] = _chunk_sum(span(addr[0, t], a, b, like), 0, b - a, True)
+        p = span(addr[0, t], a, b, like)
+        pp_part[c] = _lanes(_square, p, p, 0, scratch[c])
+    grad_args = (unscale_by, clip_coef)
     for k in prange(blocks.shape[0]):
         t, s, r0, r1, off = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         m, n, row_base = fmeta[t, 1], fmeta[t, 2], fmeta[t, 3]
@@ -119,12 +154,14 @@ def sums_of_squares(pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, t
         col = colpart[off:off + n]
         col[:] = 0.0
         for r in range(r1 - r0):
-            rowsum[row_base + s * m + r0 + r] = _row_sums(g, r * n, n, col, unscale_by, clip_coef, transform,
-                                                          lanes[k])
+            row = g[r * n:(r + 1) * n]
+            rowsum[row_base + s * m + r0 + r] = _tensor_sum(_grad_square, row, row, grad_args,
+                                                            scratch[pchunks.shape[0] + k])
+            _add_grad_squares(row, col, unscale_by, clip_coef)
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
-def moments(ftensors, addr, fmeta, like, weight, eps1, rowsum, colpart, rmean):
+def moments(ftensors, addr, fmeta, like, weight, eps1, rowsum, colpart, rmean, buf):
     """row_var and col_var of every factored tensor from this step's sums, then each slice's clamped mean of
     row_var (the reference's update_value, the part that is not per element)."""
     for t in ftensors:
@@ -141,10 +178,8 @@ def moments(ftensors, addr, fmeta, like, weight, eps1, rowsum, colpart, rmean):
                 for k in range(nblocks):
                     total += colpart[cp_base + (s * nblocks + k) * n + j]
                 cols[s * n + j] = lerp(cols[s * n + j], type(like)(total / m), weight)
-            mean = 0.0
-            for c0 in range(0, m, CHUNK):
-                mean += _chunk_sum(rows, s * m + c0, s * m + min(c0 + CHUNK, m), False)
-            rmean[slice_base + s] = _clamp_min(type(like)(mean / m), eps1)
+            mine = rows[s * m:(s + 1) * m]
+            rmean[slice_base + s] = _clamp_min(type(like)(_tensor_sum(_value, mine, mine, 0, buf) / m), eps1)
 
 
 @njit(**INLINE)
@@ -153,9 +188,33 @@ def _u(g, grad_sign, rv, cv, rm, eps1_sq, one):
     return (one / np.sqrt(_clamp_min((rv * cv) / rm, eps1_sq))) * (g * grad_sign)
 
 
+@njit(**INLINE)
+def _u_square(x, y, i, args):
+    """U^2 of element i of a factored row: x its g, y its columns' col_var."""
+    rv, rm, grad_sign, eps1_sq, one, unscale_by, clip_coef = args
+    u = np.float64(_u(_grad(x[i], unscale_by, clip_coef), grad_sign, rv, y[i], rm, eps1_sq, one))
+    return u * u
+
+
+@njit(**INLINE)
+def _vector_u(g, var, weight, grad_sign, eps1_sq, one, unscale_by, clip_coef):
+    """A vector element's new variance and U."""
+    d = _grad(g, unscale_by, clip_coef) * grad_sign
+    v = lerp(var, d * d, weight)
+    return v, (one / np.sqrt(_clamp_min(v, eps1_sq))) * d
+
+
+@njit(**INLINE)
+def _vector_u_square(x, y, i, args):
+    """U^2 of element i of a vector: x its g, y its variance (not written)."""
+    weight, grad_sign, eps1_sq, one, unscale_by, clip_coef = args
+    u = np.float64(_vector_u(x[i], y[i], weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)[1])
+    return u * u
+
+
 @driver
-def update_norms(blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, unscale_by, clip_coef, transform,
-                 rmean, urow, vpart, lanes):
+def update_norms(blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, unscale_by, clip_coef, rmean, urow,
+                 vpart, scratch):
     one = type(like)(1)
     for k in prange(blocks.shape[0]):
         t, s, r0, r1 = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
@@ -164,31 +223,14 @@ def update_norms(blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq,
         rows = span(addr[2, t], s * m + r0, s * m + r1, like)
         cols = span(addr[3, t], s * n, (s + 1) * n, like)
         rm = rmean[slice_base + s]
-        buf = lanes[k]
         for r in range(r1 - r0):
-            rv = rows[r]
-            total = 0.0
-            for c0 in range(0, n, CHUNK):
-                c1 = min(c0 + CHUNK, n)
-                buf[:] = 0.0
-                for j in range(c0, c1):
-                    u = np.float64(_u(_grad(g[r * n + j], unscale_by, clip_coef, transform), grad_sign, rv, cols[j],
-                                      rm, eps1_sq, one))
-                    buf[(j - c0) & 7] += u * u
-                total += _tree(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7])
-            urow[row_base + s * m + r0 + r] = total
+            args = (rows[r], rm, grad_sign, eps1_sq, one, unscale_by, clip_coef)
+            urow[row_base + s * m + r0 + r] = _tensor_sum(_u_square, g[r * n:(r + 1) * n], cols, args, scratch[k])
+    vector_args = (weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
     for c in prange(vchunks.shape[0]):
         t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
-        g = span(addr[1, t], a, b, like)
-        var = span(addr[4, t], a, b, like)
-        buf = lanes[blocks.shape[0] + c]
-        buf[:] = 0.0
-        for i in range(b - a):
-            d = _grad(g[i], unscale_by, clip_coef, transform) * grad_sign
-            v = lerp(var[i], d * d, weight)
-            u = np.float64((one / np.sqrt(_clamp_min(v, eps1_sq))) * d)
-            buf[i & 7] += u * u
-        vpart[c] = _tree(buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7])
+        vpart[c] = _lanes(_vector_u_square, span(addr[1, t], a, b, like), span(addr[4, t], a, b, like), vector_args,
+                          scratch[blocks.shape[0] + c])
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
@@ -209,7 +251,7 @@ def combine(pchunks, vchunks, ftensors, fmeta, pp_part, urow, vpart, pp, uu):
 
 @driver
 def apply(fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay, use_decay, unscale_by, clip_coef,
-          transform, rmean, factors):
+          rmean, factors):
     one = type(like)(1)
     for c in prange(fchunks.shape[0]):
         t, a, b = fchunks[c, 0], fchunks[c, 1], fchunks[c, 2]
@@ -223,15 +265,14 @@ def apply(fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay
             row = k // n
             j0 = k - row * n
             j1 = min(n, j0 + (b - k))
-            cols = span(addr[3, t], (row // m) * n, (row // m + 1) * n, like)
+            ps = p[k - a:k - a + (j1 - j0)]
+            gs = g[k - a:k - a + (j1 - j0)]
+            cs = span(addr[3, t], (row // m) * n + j0, (row // m) * n + j1, like)
             rv, rm = rows[row], rmean[slice_base + row // m]
-            base = k - a - j0
-            for j in range(j0, j1):
-                u = _u(_grad(g[base + j], unscale_by, clip_coef, transform), grad_sign, rv, cols[j], rm, eps1_sq, one)
-                x = p[base + j]
-                if use_decay:
-                    x = x * decay
-                p[base + j] = x + factor * u
+            for j in range(j1 - j0):
+                u = _u(_grad(gs[j], unscale_by, clip_coef), grad_sign, rv, cs[j], rm, eps1_sq, one)
+                x = ps[j] * decay if use_decay else ps[j]
+                ps[j] = x + factor * u
             k += j1 - j0
     for c in prange(vchunks.shape[0]):
         t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
@@ -240,13 +281,9 @@ def apply(fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay
         var = span(addr[4, t], a, b, like)
         factor = factors[t]
         for i in range(b - a):
-            d = _grad(g[i], unscale_by, clip_coef, transform) * grad_sign
-            v = lerp(var[i], d * d, weight)
+            v, u = _vector_u(g[i], var[i], weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
             var[i] = v
-            u = (one / np.sqrt(_clamp_min(v, eps1_sq))) * d
-            x = p[i]
-            if use_decay:
-                x = x * decay
+            x = p[i] * decay if use_decay else p[i]
             p[i] = x + factor * u
 
 
@@ -304,7 +341,9 @@ class Plan:
         self.urow = np.empty(row_total)
         self.colpart = np.empty(cp_total)
         self.vpart = np.empty(len(self.vchunks))
-        self.lanes = np.empty((len(self.blocks) + len(self.vchunks), 8))
+        # the terms of a block of BLOCK elements, one row per work item of the busiest pass (at least one row)
+        items = max(len(self.pchunks), len(self.vchunks)) + len(self.blocks)
+        self.scratch = np.empty((max(items, 1), BLOCK))
         self.rmean = np.empty(slice_total, dtype=self.dtype)
         self.pp = np.empty(n)
         self.uu = np.empty(n)
@@ -349,15 +388,18 @@ class Plan:
         _lr, grad_sign, weight_decay, decay, weight, rho, eps1, eps2, d = scalars
         cast = self.dtype.type
         e1 = eps1_of(eps1, self.dtype)
-        transform = grad_scale is not None or grad_factor is not None
-        unscale_by = cast(1.0 if grad_scale is None else grad_scale)
-        clip_coef = cast(1.0 if grad_factor is None else grad_factor)
+        if grad_scale is None and grad_factor is None:   # no gradient transform: the drivers' variant without it
+            unscale_by = clip_coef = None
+        else:
+            unscale_by = cast(1.0 if grad_scale is None else grad_scale)
+            clip_coef = cast(1.0 if grad_factor is None else grad_factor)
         like, sign, w, e1_sq = self.like, cast(grad_sign), cast(weight), cast(e1 * e1)
         self._launch(sums_of_squares, self.pchunks, self.blocks, self.addr, self.fmeta, like, unscale_by, clip_coef,
-                     transform, self.pp_part, self.rowsum, self.colpart, self.lanes)
-        moments(self.ftensors, self.addr, self.fmeta, like, w, cast(e1), self.rowsum, self.colpart, self.rmean)
+                     self.pp_part, self.rowsum, self.colpart, self.scratch)
+        moments(self.ftensors, self.addr, self.fmeta, like, w, cast(e1), self.rowsum, self.colpart, self.rmean,
+                self.scratch[0])
         self._launch(update_norms, self.blocks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq, unscale_by,
-                     clip_coef, transform, self.rmean, self.urow, self.vpart, self.lanes)
+                     clip_coef, self.rmean, self.urow, self.vpart, self.scratch)
         combine(self.pchunks, self.vchunks, self.ftensors, self.fmeta, self.pp_part, self.urow, self.vpart, self.pp,
                 self.uu)
         with np.errstate(all="ignore"):
@@ -365,7 +407,7 @@ class Plan:
                 if size:
                     self.factors[t] = step_factor(float(self.pp[t]), float(self.uu[t]), size, rho, eps2, d)
         self._launch(apply, self.fchunks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq, cast(decay),
-                     weight_decay != 0, unscale_by, clip_coef, transform, self.rmean, self.factors)
+                     weight_decay != 0, unscale_by, clip_coef, self.rmean, self.factors)
 
 
 from fastopt import reference, threads  # noqa: E402 - the cpu backend started Numba's threading layer first
