@@ -65,7 +65,8 @@ BLOCK = 256
 
 
 @njit(**INLINE)
-def _lanes(term, x, y, args, buf):
+def _lanes(term, x, y, args, buf, col):
+    """The sum; with a non-empty `col` (float64, x's size), also col[i] += term i."""
     l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
     n = x.size
     for start in range(0, n, BLOCK):
@@ -74,6 +75,10 @@ def _lanes(term, x, y, args, buf):
         size = stop - start
         for i in range(size):
             buf[i] = term(xs, ys, i, args)
+        if col.size:   # the column sums of g^2 take the same terms, from the block in cache
+            cs = col[start:stop]
+            for i in range(size):
+                cs[i] += buf[i]
         m8 = size - size % 8
         for j in range(0, m8, 8):
             l0 += buf[j]
@@ -104,12 +109,12 @@ def _lanes(term, x, y, args, buf):
 
 
 @njit(**INLINE)
-def _tensor_sum(term, x, y, args, buf):
-    """reduce_tensor's order over x (and y alike): chunks of CHUNK, each by _lanes, added in order from 0.0."""
+def _tensor_sum(term, x, y, args, buf, col):
+    """reduce_tensor's order over x (and y, col alike): chunks of CHUNK, each by _lanes, added in order from 0.0."""
     total = 0.0
     for c0 in range(0, x.size, CHUNK):
         c1 = min(c0 + CHUNK, x.size)
-        total += _lanes(term, x[c0:c1], y[c0:c1], args, buf)
+        total += _lanes(term, x[c0:c1], y[c0:c1], args, buf, col[c0:c1] if col.size else col)
     return total
 
 
@@ -130,24 +135,20 @@ def _grad_square(x, y, i, args):
     return v * v
 
 
-@njit(**INLINE)
-def _add_grad_squares(g, col, unscale_by, clip_coef):
-    """col[j] += g[j]^2 in float64 (a second loop over the row, in cache: kept apart from the lanes, both loops
-    vectorise)."""
-    for j in range(g.size):
-        v = np.float64(_grad(g[j], unscale_by, clip_coef))
-        col[j] += v * v
-
-
 @driver
-def sums_of_squares(pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, pp_part, rowsum,
+def sums_of_squares(order, pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, pp_part, rowsum,
                     colpart, scratch):
-    for c in prange(pchunks.shape[0]):
-        t, a, b = pchunks[c, 0], pchunks[c, 1], pchunks[c, 2]
-        p = span(addr[0, t], a, b, like)
-        pp_part[c] = _lanes(_square, p, p, 0, scratch[c])
     grad_args = (unscale_by, clip_coef)
-    for k in prange(blocks.shape[0]):
+    npc = pchunks.shape[0]
+    for q in prange(order.size):   # one parallel region over both kinds of items, interleaved (Plan._order)
+        item = order[q]
+        if item < npc:
+            c = item
+            t, a, b = pchunks[c, 0], pchunks[c, 1], pchunks[c, 2]
+            p = span(addr[0, t], a, b, like)
+            pp_part[c] = _lanes(_square, p, p, 0, scratch[c], scratch[c, :0])
+            continue
+        k = item - npc
         t, s, r0, r1, off = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
         m, n, row_base = fmeta[t, 1], fmeta[t, 2], fmeta[t, 3]
         g = span(addr[1, t], (s * m + r0) * n, (s * m + r1) * n, like)
@@ -155,9 +156,7 @@ def sums_of_squares(pchunks, blocks, addr, fmeta, like, unscale_by, clip_coef, p
         col[:] = 0.0
         for r in range(r1 - r0):
             row = g[r * n:(r + 1) * n]
-            rowsum[row_base + s * m + r0 + r] = _tensor_sum(_grad_square, row, row, grad_args,
-                                                            scratch[pchunks.shape[0] + k])
-            _add_grad_squares(row, col, unscale_by, clip_coef)
+            rowsum[row_base + s * m + r0 + r] = _tensor_sum(_grad_square, row, row, grad_args, scratch[npc + k], col)
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
@@ -179,7 +178,7 @@ def moments(ftensors, addr, fmeta, like, weight, eps1, rowsum, colpart, rmean, b
                     total += colpart[cp_base + (s * nblocks + k) * n + j]
                 cols[s * n + j] = lerp(cols[s * n + j], type(like)(total / m), weight)
             mine = rows[s * m:(s + 1) * m]
-            rmean[slice_base + s] = _clamp_min(type(like)(_tensor_sum(_value, mine, mine, 0, buf) / m), eps1)
+            rmean[slice_base + s] = _clamp_min(type(like)(_tensor_sum(_value, mine, mine, 0, buf, buf[:0]) / m), eps1)
 
 
 @njit(**INLINE)
@@ -213,10 +212,20 @@ def _vector_u_square(x, y, i, args):
 
 
 @driver
-def update_norms(blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, unscale_by, clip_coef, rmean, urow,
-                 vpart, scratch):
+def update_norms(order, blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, unscale_by, clip_coef, rmean,
+                 urow, vpart, scratch):
     one = type(like)(1)
-    for k in prange(blocks.shape[0]):
+    nbl = blocks.shape[0]
+    vector_args = (weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
+    for q in prange(order.size):   # one parallel region
+        item = order[q]
+        if item >= nbl:
+            c = item - nbl
+            t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
+            vpart[c] = _lanes(_vector_u_square, span(addr[1, t], a, b, like), span(addr[4, t], a, b, like),
+                              vector_args, scratch[item], scratch[item, :0])
+            continue
+        k = item
         t, s, r0, r1 = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
         m, n, row_base, slice_base = fmeta[t, 1], fmeta[t, 2], fmeta[t, 3], fmeta[t, 5]
         g = span(addr[1, t], (s * m + r0) * n, (s * m + r1) * n, like)
@@ -225,12 +234,8 @@ def update_norms(blocks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq,
         rm = rmean[slice_base + s]
         for r in range(r1 - r0):
             args = (rows[r], rm, grad_sign, eps1_sq, one, unscale_by, clip_coef)
-            urow[row_base + s * m + r0 + r] = _tensor_sum(_u_square, g[r * n:(r + 1) * n], cols, args, scratch[k])
-    vector_args = (weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
-    for c in prange(vchunks.shape[0]):
-        t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
-        vpart[c] = _lanes(_vector_u_square, span(addr[1, t], a, b, like), span(addr[4, t], a, b, like), vector_args,
-                          scratch[blocks.shape[0] + c])
+            urow[row_base + s * m + r0 + r] = _tensor_sum(_u_square, g[r * n:(r + 1) * n], cols, args, scratch[k],
+                                                            scratch[k, :0])
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
@@ -250,10 +255,26 @@ def combine(pchunks, vchunks, ftensors, fmeta, pp_part, urow, vpart, pp, uu):
 
 
 @driver
-def apply(fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay, use_decay, unscale_by, clip_coef,
-          rmean, factors):
+def apply(order, fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay, use_decay, unscale_by,
+          clip_coef, rmean, factors):
     one = type(like)(1)
-    for c in prange(fchunks.shape[0]):
+    nfc = fchunks.shape[0]
+    for q in prange(order.size):   # one parallel region
+        item = order[q]
+        if item >= nfc:
+            c = item - nfc
+            t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
+            p = span(addr[0, t], a, b, like)
+            g = span(addr[1, t], a, b, like)
+            var = span(addr[4, t], a, b, like)
+            factor = factors[t]
+            for i in range(b - a):
+                v, u = _vector_u(g[i], var[i], weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
+                var[i] = v
+                x = p[i] * decay if use_decay else p[i]
+                p[i] = x + factor * u
+            continue
+        c = item
         t, a, b = fchunks[c, 0], fchunks[c, 1], fchunks[c, 2]
         m, n, slice_base = fmeta[t, 1], fmeta[t, 2], fmeta[t, 5]
         p = span(addr[0, t], a, b, like)
@@ -274,17 +295,18 @@ def apply(fchunks, vchunks, addr, fmeta, like, grad_sign, weight, eps1_sq, decay
                 x = ps[j] * decay if use_decay else ps[j]
                 ps[j] = x + factor * u
             k += j1 - j0
-    for c in prange(vchunks.shape[0]):
-        t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
-        p = span(addr[0, t], a, b, like)
-        g = span(addr[1, t], a, b, like)
-        var = span(addr[4, t], a, b, like)
-        factor = factors[t]
-        for i in range(b - a):
-            v, u = _vector_u(g[i], var[i], weight, grad_sign, eps1_sq, one, unscale_by, clip_coef)
-            var[i] = v
-            x = p[i] * decay if use_decay else p[i]
-            p[i] = x + factor * u
+
+
+def _order(first, second) -> np.ndarray:
+    """Item numbers 0.. of `first` then of `second` (their work, e.g. elements), merged by where each item's work
+    falls within its kind's total."""
+    keys = []
+    for base, work in ((0, np.asarray(first, np.float64)), (len(first), np.asarray(second, np.float64))):
+        if len(work):
+            ends = np.cumsum(work)
+            mid = (ends - work / 2) / max(ends[-1], 1.0)
+            keys += [(float(m), base + i) for i, m in enumerate(mid)]
+    return np.array([i for _, i in sorted(keys)], dtype=np.int64)
 
 
 class Plan:
@@ -335,6 +357,13 @@ class Plan:
         self.fchunks = chunk_table([s if f else 0 for s, f in zip(sizes, self.factored)])
         self.vchunks = chunk_table([0 if f else s for s, f in zip(sizes, self.factored)])
         self.sizes = sizes
+        # Each pass's items (first kind, then second), in an order that spreads both kinds evenly: Numba's threads
+        # take contiguous runs of it, so each gets a like share of the work (a thread done early may spin).
+        rows = self.blocks[:, 3] - self.blocks[:, 2]
+        block_work = rows * self.fmeta[self.blocks[:, 0], 2] if len(self.blocks) else np.zeros(0, np.int64)
+        self.order1 = _order(self.pchunks[:, 2] - self.pchunks[:, 1], block_work)
+        self.order2 = _order(block_work, self.vchunks[:, 2] - self.vchunks[:, 1])
+        self.order3 = _order(self.fchunks[:, 2] - self.fchunks[:, 1], self.vchunks[:, 2] - self.vchunks[:, 1])
         # scratch, float64 unless said otherwise
         self.pp_part = np.empty(len(self.pchunks))
         self.rowsum = np.empty(row_total)
@@ -394,20 +423,20 @@ class Plan:
             unscale_by = cast(1.0 if grad_scale is None else grad_scale)
             clip_coef = cast(1.0 if grad_factor is None else grad_factor)
         like, sign, w, e1_sq = self.like, cast(grad_sign), cast(weight), cast(e1 * e1)
-        self._launch(sums_of_squares, self.pchunks, self.blocks, self.addr, self.fmeta, like, unscale_by, clip_coef,
-                     self.pp_part, self.rowsum, self.colpart, self.scratch)
+        self._launch(sums_of_squares, self.order1, self.pchunks, self.blocks, self.addr, self.fmeta, like, unscale_by,
+                     clip_coef, self.pp_part, self.rowsum, self.colpart, self.scratch)
         moments(self.ftensors, self.addr, self.fmeta, like, w, cast(e1), self.rowsum, self.colpart, self.rmean,
                 self.scratch[0])
-        self._launch(update_norms, self.blocks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq, unscale_by,
-                     clip_coef, self.rmean, self.urow, self.vpart, self.scratch)
+        self._launch(update_norms, self.order2, self.blocks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq,
+                     unscale_by, clip_coef, self.rmean, self.urow, self.vpart, self.scratch)
         combine(self.pchunks, self.vchunks, self.ftensors, self.fmeta, self.pp_part, self.urow, self.vpart, self.pp,
                 self.uu)
         with np.errstate(all="ignore"):
             for t, size in enumerate(self.sizes):
                 if size:
                     self.factors[t] = step_factor(float(self.pp[t]), float(self.uu[t]), size, rho, eps2, d)
-        self._launch(apply, self.fchunks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq, cast(decay),
-                     weight_decay != 0, unscale_by, clip_coef, self.rmean, self.factors)
+        self._launch(apply, self.order3, self.fchunks, self.vchunks, self.addr, self.fmeta, like, sign, w, e1_sq,
+                     cast(decay), weight_decay != 0, unscale_by, clip_coef, self.rmean, self.factors)
 
 
 from fastopt import reference, threads  # noqa: E402 - the cpu backend started Numba's threading layer first
