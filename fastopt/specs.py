@@ -142,11 +142,10 @@ _REPLAYED: dict = {}   # (advance, hyper) -> (the next step, host values before 
 
 @dataclass(frozen=True)
 class Reduction:
-    """A per-tensor reduction the update reads (kernel contract v2): `op` (one of the lane-summed
-    fastopt.reference.TENSOR_REDUCTIONS: sumsq, sum, nonfinite, nonzero; or count, the number of elements, which
-    no kernel sums: only Adafactor, with its own plans, asks for it) of `of`: "param", "grad" (as the update sees
-    it: unscaled and clipped), a slot's name, or "update" (the family's `update_value`, computed without writing).
-    Computed before the update, in float64, in fastopt.reference.reduce_tensor's order."""
+    """A per-tensor reduction the update reads (kernel contract v2): `op` (sumsq, sum, nonfinite or nonzero, summed
+    in lanes; maxabs, the largest |x| with NaN winning; or count, the number of elements) of `of`: "param", "grad"
+    (as the update sees it: unscaled and clipped), a slot's name, or "update" (the family's `update_value`, computed
+    without writing). Computed before the update, in float64, in fastopt.reference.reduce_tensor's order."""
     op: str
     of: str
 
@@ -265,10 +264,10 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
     if bool(spec.host_state) != (spec.advance is not None) or (spec.host_state and not spec.counts_steps):
         raise ValueError(f"{spec.name}: host_state and advance come together, with a step count")
     for r in spec.reductions:
-        if r.op not in ("sumsq", "sum", "nonfinite", "nonzero", "count") or \
+        if r.op not in ("sumsq", "sum", "maxabs", "nonfinite", "nonzero", "count") or \
                 r.of not in ("param", "grad", "update", *(s.name for s in spec.slots)):
-            raise ValueError(f"{spec.name}: reduction {r}: op must be sumsq, sum, nonfinite, nonzero or count, of "
-                             "param, grad, update or a slot")
+            raise ValueError(f"{spec.name}: reduction {r}: op must be sumsq, sum, maxabs, nonfinite, nonzero or count, "
+                             "of param, grad, update or a slot")
     if bool(spec.reductions) != bool(spec.tensor_scalar_names):
         raise ValueError(f"{spec.name}: reductions and tensor_scalar_names come together")
     SPECS[spec.name] = spec

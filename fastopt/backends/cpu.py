@@ -119,12 +119,12 @@ class _NumbaPlan:
         else:
             with self.lock:
                 kernel(*args, self.lanes, self.reduced)
-        nred = len(self.spec.reductions)
-        per = [[0.0] * nred for _ in range(self.ntensors)]
-        for c, t in enumerate(self.chunk_tensor):
+        ops = [r.op for r in self.spec.reductions]
+        per = [[reference.reduction_start(op) for op in ops] for _ in range(self.ntensors)]
+        for c, t in enumerate(self.chunk_tensor):   # each tensor's chunks in order (reference.reduce_tensor)
             row, values = per[t], self.reduced[c]
-            for r in range(nred):
-                row[r] = row[r] + float(values[r])
+            for r, op in enumerate(ops):
+                row[r] = reference.combine(op, row[r], float(values[r]))
         for t in range(self.ntensors):
             self.tensor_values[t] = self.spec.tensor_scalars(scalars, tuple(per[t]), self.dtype)
 

@@ -28,7 +28,15 @@ def _term(v, op, power):
         return 0.0 if abs(v) < np.inf else 1.0   # comparisons only: inf and NaN count
     if op == 6:
         return 0.0 if v == 0 else 1.0
+    if op == 2:
+        return abs(v)   # maxabs (per-tensor reductions of a spec; clipping's inf-norm goes through _extreme)
     return abs(v) ** power   # 4: sumpow
+
+
+@njit(inline="always", **SPAN_OPTIONS)
+def _max_nan(a, b):
+    """The larger of two partials of max |x|, NaN winning (fastopt.reference.combine)."""
+    return a if (a > b or a != a) else b
 
 
 @njit(**SPAN_OPTIONS)
