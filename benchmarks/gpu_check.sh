@@ -197,7 +197,8 @@ if [ "$DRY" -eq 1 ]; then
 [importlib.import_module(m.name) for m in pkgutil.walk_packages(b.__path__, 'fastopt.bench.')]; \
 import fastopt.__main__, benchmarks.convergence; print('fastopt.bench and its modules import')"
     step bench-cli 60 "$PY" -m fastopt.bench.cli --help
-    for tool in smoke first-step memcheck racecheck ncu-dram bench generic-tests cuda-tests; do
+    step phases-cpu 240 "$PY" benchmarks/phases_speed.py --device cpu --elements 1000000 --repeats 2
+    for tool in smoke first-step memcheck racecheck ncu-dram bench phases generic-tests cuda-tests; do
         skip "$tool" "dry run (needs a device)"
     done
     echo "tools for the real run: compute-sanitizer ${sanitizer:-ABSENT (memcheck/racecheck will be skipped)}," \
@@ -228,6 +229,8 @@ else
     fi
     step bench 240 "$PY" -m fastopt.bench.cli --backends cuda --json "${base}.json" --markdown "${base}.md" \
         --plots "$results" --plot-prefix "${gpu}_${stamp}_" --no-progress
+    # Clipped Adam, LAMB and LARS (reductions, then the update) against their roofline and torch (issue 12.8).
+    step phases 150 "$PY" benchmarks/phases_speed.py --device cuda --markdown "${base}_phases.md"
 fi
 
 # ---- 5. the summary ---------------------------------------------------------------------------------------------------
