@@ -83,8 +83,9 @@ def eps1_of(eps1: float, dtype) -> float:
 
 
 def step_factor(param_sumsq: float, update_sumsq: float, size: int, rho: float, eps2: float, d: float) -> float:
-    """-alpha / denominator in float64, as torch computes them from the two norms (Python floats, Python max)."""
-    root = size ** 0.5
+    """-alpha / denominator in float64, as torch computes them from the two norms (Python floats, Python max). The
+    count's square root by sqrt (torch: numel ** 0.5, pow), correctly rounded here and in every kernel language."""
+    root = math.sqrt(size)
     alpha = max(eps2, math.sqrt(param_sumsq) / root) * rho
     denom = max(1.0, math.sqrt(update_sumsq) / (root * d))
     return -alpha / denom
