@@ -39,6 +39,7 @@ import numpy as np
 
 from fastopt import codegen
 from fastopt.codegen import Family
+from fastopt.specs import SPECS
 
 # ---- what there is to compile ---------------------------------------------------------------------------------------
 
@@ -75,7 +76,26 @@ def modules() -> list[str]:
 
 def kinds(module: str) -> tuple[str, ...]:
     """The entry points of a module (fastopt.codegen.cuda_kinds for a family)."""
-    return REDUCE_KINDS if module == REDUCE else codegen.cuda_kinds(FAMILIES[module])
+    return REDUCE_KINDS if module == REDUCE else codegen.cuda_kinds(FAMILIES[module], is_capturable(module))
+
+
+_capturable: dict[str, bool] = {}
+
+
+def is_capturable(family: str) -> bool:
+    """True when the family's CUDA source declares `struct fo_<family>_scalars` (the kernel scalars from the device
+    hyper buffer and step count, for the capturable step) and its specs agree on their hyperparameters; never for
+    families with reductions (their per-tensor scalars' launch takes host scalars) or host state (kept on the host
+    per param: NAdam, ASGD, schedule-free)."""
+    if family not in _capturable:
+        fam = FAMILIES.get(family)
+        host_state = any(spec.host_state for spec in SPECS.values() if spec.kernel == family)
+        ok = fam is not None and not fam.reductions and not host_state and codegen.hyper_layout(family) is not None
+        if ok:
+            text = (kernel_dir() / f"{family}.cu").read_text()
+            ok = re.search(rf"^\s*struct\s+fo_{family}_scalars\b", text, re.MULTILINE) is not None
+        _capturable[family] = ok
+    return _capturable[family]
 
 
 def _flag_names(module: str) -> tuple[str, ...]:
@@ -108,7 +128,7 @@ def source(family: str) -> str:
         fam = FAMILIES.get(family)
         prelude = codegen.cuda_prelude(fam) if fam else ""
         body = _INCLUDE.sub(lambda m: common + "\n" + prelude, text, count=1)
-        body += codegen.cuda_entries(fam) if fam else ""
+        body += codegen.cuda_entries(fam, is_capturable(family)) if fam else ""
         digest = hashlib.sha256(body.encode()).hexdigest()[:16]
         _source_cache[family] = f"// fastopt kernel family {family}, source sha256 {digest}\n{body}"
     return _source_cache[family]
@@ -160,6 +180,12 @@ class Instantiation:
             params = table + scalars + ([f"const {c}*"] if fam.reductions else [])
         elif self.kind == "reduce":
             params = table + scalars + ["double*"]
+        elif self.kind == "advance":
+            params = ["const double*", "long long*", f"{c}*"]
+        elif self.kind == "flatdev":
+            params = [f"{p}*", f"const {p}*"] + [f"{c}*"] * len(fam.slot_names) + ["long long", f"const {c}*"]
+        elif self.kind == "tabledev":
+            params = table + [f"const {c}*"]
         else:   # combine
             params = ["const long long*", "long long", "const double*"] + ["double"] * len(fam.scalar_names) + \
                 ["double*", f"{c}*"]
@@ -515,6 +541,19 @@ def _host_entries(family: str) -> str:
                 head = (f'extern "C" int fo_host_{family}_reduce_{tag}(unsigned flags, {_TABLE_HEAD}, '
                         "const double* scalars, double* partials, unsigned grid, unsigned block)")
                 args = f"{_TABLE_ARGS}, {scal}, partials"
+            elif kind == "advance":
+                head = (f'extern "C" int fo_host_{family}_advance_{tag}(unsigned flags, const double* hyper, '
+                        "long long* step, void* scalars, unsigned grid, unsigned block)")
+                args = f"hyper, step, ({c}*)scalars"
+            elif kind == "flatdev":
+                head = (f'extern "C" int fo_host_{family}_flatdev_{tag}(unsigned flags, long long n, '
+                        "void* const* arrays, const void* scalars, unsigned grid, unsigned block)")
+                args = ", ".join([f"({p}*)arrays[0]", f"(const {p}*)arrays[1]"] +
+                                 [f"({c}*)arrays[{2 + k}]" for k in range(ns)] + ["n", f"(const {c}*)scalars"])
+            elif kind == "tabledev":
+                head = (f'extern "C" int fo_host_{family}_tabledev_{tag}(unsigned flags, {_TABLE_HEAD}, '
+                        "const void* scalars, unsigned grid, unsigned block)")
+                args = f"{_TABLE_ARGS}, (const {c}*)scalars"
             else:
                 head = (f'extern "C" int fo_host_{family}_combine_{tag}(unsigned flags, '
                         "const long long* tensor_chunks, long long ntensors, const double* partials, "
@@ -523,6 +562,12 @@ def _host_entries(family: str) -> str:
             cases = [(sum(1 << i for i, f in enumerate(flags) if f),
                       f"{kernel_name(family, kind, dtype, flags)}({args})") for flags in fam.flag_combinations()]
             lines += _switch(head, cases)
+    if is_capturable(family):   # the scalars' device function alone, in float64, for the tests
+        lines += [f'extern "C" void fo_host_{family}_scalars(const double* hyper, long long step, double* out) {{',
+                  f"    fo_{family}_scalars sc;" + "".join(f" sc.{h} = hyper[{k}];"
+                                                       for k, h in enumerate(codegen.hyper_names(family))),
+                  f"    double values[{max(ndecl, 1)}];", "    sc(step, values);",
+                  f"    for (int k = 0; k < {ndecl}; ++k) out[k] = values[k];", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -582,12 +627,19 @@ def _declare(lib, module: str) -> None:
             sigs = {"flat": [U, LL, ctypes.POINTER(V), D, U, U],
                     "table": [U, *table, D, *([V] if with_ts else []), U, U],
                     "reduce": [U, *table, D, V, U, U],
-                    "combine": [U, V, LL, V, D, V, V, U, U]}
+                    "combine": [U, V, LL, V, D, V, V, U, U],
+                    "advance": [U, V, V, V, U, U],
+                    "flatdev": [U, LL, ctypes.POINTER(V), V, U, U],
+                    "tabledev": [U, *table, V, U, U]}
             names = {k: f"fo_host_{module}_{k}_{tag}" for k in kinds(module)}
         for kind, name in names.items():
             fn = getattr(lib, name)
             fn.argtypes = sigs[kind]
             fn.restype = ctypes.c_int
+    if module != REDUCE and is_capturable(module):
+        fn = getattr(lib, f"fo_host_{module}_scalars")
+        fn.argtypes = [V, LL, V]
+        fn.restype = None
 
 
 def _dtype_key(array) -> str:

@@ -279,7 +279,7 @@ def check_state(spec, hyper, params, state, backend, names) -> None:
 class FusedUpdate:
     """A prepared update of a fixed list of params and their state: one backend plan per dtype."""
 
-    def __init__(self, spec: OptimizerSpec, params, state: dict, hyper: dict, backend):
+    def __init__(self, spec: OptimizerSpec, params, state: dict, hyper: dict, backend, capturable_step=None):
         self.spec, self.backend = spec, backend
         self.flags = spec.flags(hyper)
         by_dtype = indices_by(p.dtype for p in params)
@@ -288,12 +288,23 @@ class FusedUpdate:
             slots = {s.name: ([state[s.name][i] for i in indices] if s.active(hyper) else None) for s in spec.slots}
             plan = backend.prepare(spec, [params[i] for i in indices], slots, self.flags)
             self.plans.append((None if len(by_dtype) == 1 else indices, plan))
+        # capturable (cuda backend, Optimizer(capturable=True)): the step count (after `capturable_step` steps), the
+        # hyperparameters and the kernel scalars live in device memory; see fastopt/backends/cuda.py.
+        self.capturable = capturable_step is not None
+        if self.capturable:
+            for _, plan in self.plans:
+                plan.make_capturable(hyper, capturable_step)
 
     def run(self, grads, hyper: dict, step: int, grad_scale=None, grad_factor=None, host=None):
         """One step. `grad_scale` (AMP) divides and `grad_factor` (clipping) multiplies the gradients inside the
         fused update (the gradient arrays are left as they are); None: not applied. A spec with host state needs
         `host`, the values before this step that every param of this update shares; returns those after it (the
         caller stores them), else None."""
+        if self.capturable:   # `step` is counted on the device; changed hyperparameters are written there first
+            for indices, plan in self.plans:
+                plan.set_hyper(hyper)
+                plan.run_capturable(grads if indices is None else [grads[i] for i in indices])
+            return None
         if self.spec.advance is None:
             scalars, after = self.spec.scalars(hyper, step), None
         elif host is None:

@@ -92,8 +92,11 @@ class Optimizer:
     max_grad_norm: float | None = None    # gradient clipping (constructor argument), None: off
     norm_type: float = 2.0
     last_step_skipped: bool = False       # True after a step AMP skipped (inf or NaN gradients, or found_inf)
+    capturable: bool = False              # step count, hyperparameters and scalars in device memory (cuda backend)
 
-    def __init__(self, params, backend=None, max_grad_norm=None, norm_type=2.0, **hyperparameters):
+    def __init__(self, params, backend=None, max_grad_norm=None, norm_type=2.0, capturable=False, **hyperparameters):
+        if not isinstance(capturable, bool):
+            raise TypeError(f"capturable: expected True or False, got {capturable!r}")
         # Gradient clipping by the total norm over every group, folded into the update (fastopt.clip).
         self.max_grad_norm = None if max_grad_norm is None else clip.max_norm_value(max_grad_norm, "max_grad_norm")
         self.norm_type = clip.norm_type_value(norm_type)
@@ -112,6 +115,57 @@ class Optimizer:
             raise TypeError("params: expected either arrays or param-group dicts, not a mix")
         else:
             self._add_group({"params": params}, "params")
+        if capturable:
+            self._check_capturable()
+        self.capturable = capturable
+
+    # ---- capturable (cuda): a step a CUDA graph can capture and replay ------------------------------------------
+    # The step count, the hyperparameters and the kernel scalars live in device memory: each step is two launches
+    # with no argument that changes (advance: step + 1 and the scalars by the family's fo_<family>_scalars, then the
+    # update reading them; fastopt/backends/cuda.py). An eager step writes changed hyperparameters to the device
+    # first; between graph replays, `write_hyperparameters()` does (after an lr change in param_groups, e.g. a
+    # scheduler's step). The device's step count is the truth: state_dict() reads it back.
+
+    def _check_capturable(self) -> None:
+        from fastopt import cuda_build
+        if self.backend is None or self.backend.name != "cuda":
+            raise ValueError(f"capturable=True needs the cuda backend (CUDA graphs), got backend "
+                             f"{getattr(self.backend, 'name', None)!r}")
+        if not cuda_build.is_capturable(self.spec.kernel):
+            capable = sorted(s.class_name for s in SPECS.values() if cuda_build.is_capturable(s.kernel))
+            raise ValueError(f"capturable=True: {self.spec.class_name} has no capturable step; these have: "
+                             f"{', '.join(capable)}")
+        if self.max_grad_norm is not None:
+            raise ValueError("capturable=True does not take max_grad_norm (clipping reads the norm on the host)")
+
+    def write_hyperparameters(self) -> None:
+        """capturable: validate param_groups' hyperparameters and write those that changed into the device buffers
+        the captured step reads (no step is taken). Call it between graph replays after changing lr (or any other
+        hyperparameter that selects no different kernel); an eager step() does it by itself."""
+        if not self.capturable:
+            raise ValueError("write_hyperparameters: the optimizer is not capturable (capturable=True)")
+        with self._lock:
+            for group, record in zip(self.param_groups, self._groups):
+                if record.updates is None:
+                    continue   # no step yet: the first step writes them
+                _, hyper, flags = self._validated_hyper(group, record)
+                if flags != record.flags:
+                    raise ValueError("write_hyperparameters: a hyperparameter change that selects other kernels "
+                                     f"({self.spec.flag_names}) needs an eager step (and a new capture)")
+                for _, update in record.updates[1]:
+                    for _, plan in update.plans:
+                        plan.set_hyper(hyper)
+
+    def _device_steps(self, record) -> list:
+        """capturable: each param's step count as the device holds it (graph replays count there only)."""
+        steps = list(record.steps)
+        if record.updates is not None:
+            for indices, update in record.updates[1]:
+                counted = [plan.device_step() for _, plan in update.plans if plan.total]
+                if counted:
+                    for i in indices:
+                        steps[i] = counted[0]
+        return steps
 
     def _init_hyper_names(self) -> None:
         self._hyper_names = tuple(h.name for h in self.spec.hypers)
@@ -194,6 +248,9 @@ class Optimizer:
         update; the gradient arrays are not written.
         """
         transform = grad_scale is not None or found_inf is not None or self.max_grad_norm is not None
+        if self.capturable and transform:
+            raise ValueError("capturable=True: step() takes no grad_scale or found_inf (the skip decision would be "
+                             "read on the host)")
         with self._lock:
             self.last_step_skipped = False   # True after a step AMP skipped (read by fastopt.GradScaler)
             if transform:
@@ -373,6 +430,8 @@ class Optimizer:
         _, hyper, flags = hyper
         if layout is None and record.updates is not None and hyper is record.hyper:
             return record.state, None, record.updates  # nothing changed since the last step
+        if self.capturable and record.updates is not None:
+            record.steps = self._device_steps(record)   # graph replays counted on the device only
         state, steps, views = record.state, None, record.views
         rebuild = record.updates is None or record.updates[0] != flags
         if layout is not None:  # params replaced or appended: carry state over by identity, as torch keys it
@@ -403,12 +462,14 @@ class Optimizer:
             return state, steps, record.updates
         updates = []
         keys = record.steps if steps is None else steps
+        record_steps = keys   # capturable: each device step count starts from its param's (before this step)
         if self.spec.host_state:  # params that differ in host state values run as separate updates, like steps
             keys = list(zip(keys, _host_layout(record, layout)))
         for indices in functional.indices_by(keys).values():
             subset = {name: [arrays[i] for i in indices] for name, arrays in state.items()}
-            updates.append((indices, functional.FusedUpdate(self.spec, [views[i] for i in indices], subset, hyper,
-                                                            self.backend)))
+            updates.append((indices, functional.FusedUpdate(
+                self.spec, [views[i] for i in indices], subset, hyper, self.backend,
+                capturable_step=record_steps[indices[0]] if self.capturable else None)))
         if steps is None:
             steps = record.steps
         return state, steps, (flags, updates)
@@ -422,6 +483,8 @@ class Optimizer:
         with self._lock:
             state, groups, offset = {}, [], 0
             for group, record in zip(self.param_groups, self._groups):
+                if self.capturable:   # graph replays counted their steps on the device only
+                    record.steps = self._device_steps(record)
                 n = len(record.params)
                 saved = {k: (list(v) if isinstance(v, list) else v) for k, v in group.items() if k != "params"}
                 saved["params"] = list(range(offset, offset + n))
@@ -578,10 +641,11 @@ class Optimizer:
         # Plans hold raw addresses and the lock cannot be copied: a copy rebuilds them. The backend travels by name,
         # and views are re-made from the copy's own params.
         with self._lock:
-            groups = [(r.where, r.params, r.names, r.labels, r.state, r.steps) for r in self._groups]
+            groups = [(r.where, r.params, r.names, r.labels, r.state,
+                       self._device_steps(r) if self.capturable else r.steps) for r in self._groups]
             return {"defaults": self.defaults, "requested": self._requested_backend, "param_groups": self.param_groups,
                     "backend": self.backend.name, "groups": groups, "host": [list(r.host) for r in self._groups],
-                    "clip": (self.max_grad_norm, self.norm_type)}
+                    "clip": (self.max_grad_norm, self.norm_type), "capturable": self.capturable}
 
     def __setstate__(self, saved):
         self.max_grad_norm, self.norm_type = saved.get("clip", (None, 2.0))
@@ -607,6 +671,8 @@ class Optimizer:
             self._groups.append(record)
         for record, host in zip(self._groups, saved.get("host", ())):  # host state values, per param
             record.host = list(host)
+        # capturable: the copy gets its own device step count and buffers (from the saved steps) at its first step
+        self.capturable = bool(saved.get("capturable", False)) and self.backend.name == "cuda"
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
@@ -676,9 +742,10 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
         + [P(n, P.POSITIONAL_OR_KEYWORD, default=defaults[n]) for n in positional]
         + [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in keyword]
         + [P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("norm_type", P.KEYWORD_ONLY, default=2.0)]
-        + [P("backend", P.KEYWORD_ONLY, default=None)])
+        + [P("backend", P.KEYWORD_ONLY, default=None)])   # capturable (keyword-only) is named in the docstring
 
-    def __init__(self, params, *args, backend=None, max_grad_norm=None, norm_type=2.0, **hyperparameters):
+    def __init__(self, params, *args, backend=None, max_grad_norm=None, norm_type=2.0, capturable=False,
+                 **hyperparameters):
         if len(args) > len(positional):
             raise TypeError(f"{class_name}() takes at most {len(positional) + 1} positional arguments "
                             f"(params, {', '.join(positional)}); got {len(args) + 1}")
@@ -687,13 +754,16 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
                 raise TypeError(f"{class_name}() got multiple values for argument {name!r}")
             hyperparameters[name] = value
         Optimizer.__init__(self, params, backend=backend, max_grad_norm=max_grad_norm, norm_type=norm_type,
-                           **hyperparameters)
+                           capturable=capturable, **hyperparameters)
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{class_name}.__init__"
     doc = (f"{class_name}: fused {spec.name} with torch.optim's semantics.\n\n"
            f"{class_name}{str(signature).replace('(self, ', '(')}\n\n"
            "max_grad_norm, norm_type: gradient clipping by the total norm, folded into the update (Optimizer.step)."
+           "\n\n"
+           "capturable=False (keyword): True keeps the step count, hyperparameters and kernel scalars in device "
+           "memory (cuda backend), so a step can be captured in a CUDA graph; see Optimizer.write_hyperparameters."
            "\n\n"
            f"State per param: {'step, ' if spec.counts_steps else ''}"
            f"{', '.join(s.name for s in spec.slots)} (each only when used).")

@@ -484,3 +484,71 @@ def test_clip_grad_norm_on_the_device_matches_the_cpu_backend():
         np.testing.assert_allclose(float(total_dev), float(total_cpu), rtol=1e-6)
         for d, h in zip(dev, host):
             np.testing.assert_allclose(d.get(), h, rtol=2e-6, atol=1e-7)
+
+
+# ---- the capturable step: CUDA graph capture and replay (tests/test_capturable.py checks the arithmetic on a CPU) --
+
+def _capturable_pair(name, sizes, seed, **hyper):
+    import fastopt
+    rng = np.random.default_rng(seed)
+    start = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads_np = [rng.standard_normal((8, n)).astype(np.float32) for n in sizes]
+    cls = getattr(fastopt, SPECS[name].class_name)
+    out = []
+    for _ in range(2):
+        params = [cp.asarray(a) for a in start]
+        out.append((params, cls(params, capturable=True, **hyper)))
+    return out, grads_np
+
+
+@pytest.mark.parametrize("name,hyper", [("adam", {"weight_decay": 0.01, "amsgrad": True}),
+                                        ("adamw", {}), ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True})])
+def test_a_captured_step_replayed_equals_eager_capturable_steps_and_follows_lr(name, hyper):
+    pairs, grads_np = _capturable_pair(name, (3, 4097, 70001), 21, **hyper)
+    (eager_p, eager), (graph_p, graphed) = pairs
+    grads = [cp.empty(g.shape[1], cp.float32) for g in grads_np]
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        for g, src in zip(grads, grads_np):
+            g.set(src[0])
+        graphed.step(grads)            # warm-up: plans, tables and device buffers built, hyperparameters written
+        eager.step(grads)
+        stream.synchronize()
+        stream.begin_capture()
+        graphed.step(grads)
+        graph = stream.end_capture()
+        for k in range(1, 8):
+            if k == 4:                 # an lr change between replays
+                for opt in (graphed, eager):
+                    opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] * 0.5
+                graphed.write_hyperparameters()
+            for g, src in zip(grads, grads_np):
+                g.set(src[k])
+            graph.launch(stream)
+            eager.step(grads)
+        stream.synchronize()
+    for a, b in zip(graph_p, eager_p):
+        np.testing.assert_array_equal(a.get(), b.get())
+    if SPECS[name].counts_steps:   # the replays counted on the device: state_dict reads the count back
+        assert graphed.state_dict()["state"][0]["step"] == eager.state_dict()["state"][0]["step"] == 8
+
+
+def test_device_scalars_are_within_the_stated_tolerance_of_pythons():
+    """The advance kernel on the device for 1000 steps (float64 compute type, so no rounding to float32 hides a
+    difference) against spec.scalars within tests/test_capturable.py's device_tolerance."""
+    from test_capturable import device_tolerance
+
+    from fastopt.backends import cuda as cuda_backend
+    for name in ("adam", "sgd"):
+        spec = SPECS[name]
+        hyper = spec.normalize({**spec.defaults, "momentum": 0.9} if name == "sgd" else dict(spec.defaults))
+        p = cp.zeros(4, cp.float64)
+        slots = {s.name: ([cp.zeros(4, cp.float64)] if s.active(hyper) else None) for s in spec.slots}
+        plan = cuda_backend.BACKEND.prepare(spec, [p], slots, spec.flags(hyper))
+        plan.make_capturable(hyper, 0)
+        for step in range(1, 1001):
+            plan._launch_kernel(plan.advance_kernel, 1, cp.cuda.get_current_stream(),
+                                (plan.d_hyper, plan.d_step, plan.d_scalars))
+            got = plan.d_scalars.get()[:len(spec.scalar_names)]
+            want = np.array(spec.scalars(hyper, step))
+            assert np.all(np.abs(got - want) <= device_tolerance(spec, hyper, step)), (name, step, got, want)

@@ -29,7 +29,7 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastopt import cuda_build, reference
+from fastopt import codegen, cuda_build, reference
 from fastopt.records import RECORDS
 from fastopt.specs import SPECS, boolean
 
@@ -443,7 +443,8 @@ class _FakeEvent:
 
 
 # Blocks of 256 threads resident per SM for each kind of kernel (the stand-in's occupancy calculator).
-_OCCUPANCY = {"flat": 3, "table": 5, "reduce": 4, "combine": 6, "partials": 4}
+_OCCUPANCY = {"flat": 3, "table": 5, "reduce": 4, "combine": 6, "partials": 4, "advance": 8, "flatdev": 3,
+              "tabledev": 5}
 
 
 def _addr(a):
@@ -489,6 +490,26 @@ class _FakeKernel:
             return
         fam = cuda_build.FAMILIES[self.family]
         nsc = len(fam.kernel_scalars)
+        if self.kind == "advance":
+            hyper, step, scalars = args
+            assert hyper.dtype == np.float64 and step.dtype == np.int64 and scalars.dtype == want
+            assert getattr(lib, f"fo_host_{self.family}_advance_{tag}")(
+                self.mask, _addr(hyper), _addr(step), _addr(scalars), g, b) == 0
+            return
+        if self.kind == "flatdev":
+            ptrs = [int(a) for a in args[:-2]]
+            assert all(type(a) is np.uint64 for a in args[:-2]) and type(args[-2]) is np.int64
+            assert args[-1].dtype == want
+            assert getattr(lib, f"fo_host_{self.family}_flatdev_{tag}")(
+                self.mask, int(args[-2]), (ctypes.c_void_p * len(ptrs))(*ptrs), _addr(args[-1]), g, b) == 0
+            return
+        if self.kind == "tabledev":
+            chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors, scalars = args
+            assert scalars.dtype == want
+            assert getattr(lib, f"fo_host_{self.family}_tabledev_{tag}")(
+                self.mask, _addr(chunks), int(nchunks), int(chunk_elems), _addr(ptrs), _addr(gptrs), _addr(sizes),
+                int(ntensors), _addr(scalars), g, b) == 0
+            return
         if self.kind == "combine":
             offsets, ntensors, partials, *doubles, reduced, ts = args
             assert len(doubles) == len(fam.scalar_names) and all(type(s) is np.float64 for s in doubles)
@@ -875,10 +896,11 @@ def test_a_cupy_without_a_disk_cache_for_name_expressions_is_named(fake_cupy, ve
     assert len(named) == (1 if warns else 0)
 
 
-def test_the_backend_claims_no_graph_capture():
+def test_the_backend_documents_its_capturable_step():
     from fastopt.backends import cuda as cuda_backend
     doc = cuda_backend.__doc__
-    assert "Not capturable in a CUDA graph" in doc and "(the launch itself is graph-capturable" not in doc
+    assert "Not capturable in a CUDA graph" not in doc
+    assert "capturable=True" in doc and "write_hyperparameters" in doc and "fo_<family>_scalars" in doc
 
 
 def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, monkeypatch):
@@ -894,7 +916,9 @@ def test_the_gpu_checks_smoke_run_drives_every_family_flat_and_table(fake_cupy, 
     assert cli.smoke(None, ["float32", "float64"], [1, 3, 4097], 2, pool=False) == 0
     assert pools == [None]
     kinds = {(k.family, k.kind) for k in fake_cupy.kernels.values()}
-    assert kinds == {(f, kind) for f in cuda_build.FAMILIES for kind in cuda_build.kinds(f)}
+    # every entry point but the capturable step's (advance, flatdev, tabledev: tests/test_cuda_host.py's capturable
+    # tests and the GPU's graph tests drive those)
+    assert kinds == {(f, kind) for f, fam in cuda_build.FAMILIES.items() for kind in codegen.cuda_kinds(fam)}
     # A kernel that skips an element is caught.
     call = _FakeKernel.__call__
 
@@ -996,3 +1020,73 @@ def test_families_with_shaped_slots_are_refused_by_name(fake_cupy):
     with pytest.raises(NotImplementedError, match="cuda backend"):
         BACKEND.prepare(spec, [_FakeArray(np.zeros(4, np.float32))], {s.name: None for s in spec.slots},
                         spec.flags(spec.defaults))
+
+
+# ---- the capturable step through the stand-in -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["separate", "flat-buffers"])
+@pytest.mark.parametrize("name,hyper", [
+    ("adam", {"weight_decay": 0.01, "amsgrad": True}), ("adamw", {"maximize": True}),
+    ("sgd", {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.05}), ("sgd", {})]
+    + [(n, {}) for n, s in SPECS.items() if n not in ("adam", "adamw", "sgd") and cuda_build.is_capturable(s.kernel)])
+def test_capturable_steps_equal_eager_steps_bit_for_bit_and_follow_an_lr_change(fake_cupy, name, hyper, layout):
+    """Two launches per step (advance, then the update reading the device scalars) with the same arguments every
+    step; the results are the host-scalar steps' bit for bit, through an lr change written by set_hyper at step 4;
+    the hyperparameters are copied to the device only when they change."""
+    from fastopt.backends.cuda import BACKEND
+    spec = SPECS[name]
+    hyper = spec.normalize({**spec.defaults, **hyper})
+    later = {**hyper, "lr": hyper["lr"] * 0.5}
+    sizes = (3, 0, 4097, 1, 20000)
+    prob = Problem(name, hyper, sizes, np.float32, seed=9)
+    flat = layout == "flat-buffers"
+    runs = {}
+    for capturable in (False, True):
+        params = _place(prob.params, flat)
+        slots = {s.name: None if v is None else _place(v, flat) for s, v in zip(spec.slots, prob.slots)}
+        plan = BACKEND.prepare(spec, params, slots, prob.flags)
+        grads = _place([np.zeros(n, np.float32) for n in sizes], flat)
+        if capturable:
+            plan.make_capturable(hyper, 0)
+            fake_cupy.launches.clear()
+        for step in range(1, STEPS + 1):
+            h = hyper if step < 4 else later
+            for t in range(len(sizes)):
+                grads[t].a[...] = prob.grads[t][step - 1]
+            if capturable:
+                plan.set_hyper(h)
+                plan.run_capturable(grads)
+            else:
+                plan.run(grads, spec.scalars(h, step))
+        runs[capturable] = params, slots
+        if capturable:
+            kinds = [k for k, _, _ in fake_cupy.launches]
+            assert kinds == ["advance", "flatdev" if flat else "tabledev"] * STEPS
+            assert plan.d_hyper.sets == 2 and plan.device_step() == STEPS   # initial values, then the lr change
+    (p0, s0), (p1, s1) = runs[False], runs[True]
+    for t in range(len(sizes)):
+        np.testing.assert_array_equal(p1[t].a, p0[t].a)
+        for k in s0:
+            if s0[k] is not None:
+                np.testing.assert_array_equal(s1[k][t].a, s0[k][t].a)
+
+
+def _place(arrays, flat):
+    if not flat:
+        return [_FakeArray(a.copy()) for a in arrays]
+    buf = np.concatenate(arrays)
+    out, start = [], 0
+    for a in arrays:
+        out.append(_FakeArray(buf[start:start + a.size]))
+        start += a.size
+    return out
+
+
+def test_a_family_without_a_capturable_step_refuses_to_become_one(fake_cupy):
+    from fastopt.backends.cuda import BACKEND
+    spec = SPECS["nadam"]   # host state (mu_product): kept per param on the host
+    assert not cuda_build.is_capturable("nadam")
+    plan = BACKEND.prepare(spec, [_FakeArray(np.zeros(4, np.float32))], {s.name: None for s in spec.slots},
+                           spec.flags(spec.defaults))
+    with pytest.raises(ValueError, match="capturable"):
+        plan.make_capturable(spec.normalize(spec.defaults), 0)

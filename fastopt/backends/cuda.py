@@ -31,8 +31,20 @@ Streams: the launch goes to torch's current stream when the params are torch ten
 the grads ran there), else to CuPy's current stream. Before the grads' table is rewritten on one stream while the
 last launch that read it went to another, the writing stream waits for that launch (an event).
 
-Not capturable in a CUDA graph: lr, the bias corrections and the other per-step scalars are kernel arguments, frozen
-at capture, so a replayed graph would keep training with the first step's values.
+Capturable (Optimizer(..., capturable=True); Adam, AdamW and SGD so far: the families whose source declares
+`fo_<family>_scalars`, fastopt.cuda_build.is_capturable): by default lr, the bias corrections and the other per-step
+scalars are kernel arguments, which a CUDA graph freezes at capture. A capturable plan (`make_capturable`) keeps the
+step count (int64), the hyperparameters (float64) and the kernel scalars in device memory allocated once, and a step
+is two launches whose arguments never change: `advance` (one thread: step + 1, then the family's
+fo_<family>_scalars computes the scalars in float64 from the hyperparameters, as the spec's Python `scalars` does,
+rounded once to the compute type) and the update (`flatdev` / `tabledev`) reading them. So a step captured in a graph
+and replayed is the eager capturable step, bit for bit, and eager capturable steps are the host-scalar steps bit for
+bit where CUDA's pow gives the C library's result (else within the 2-ulp bound tests/test_capturable.py states).
+Hyperparameters reach the device through `set_hyper`, a copy only when they changed: every eager step calls it, and
+between graph replays `Optimizer.write_hyperparameters()` does (after changing lr in param_groups, e.g. by a
+scheduler); the plan never reads param_groups itself. The step count on the device is the truth (state_dict reads it
+back). Not with max_grad_norm, grad_scale or found_inf (their decisions are read on the host), nor for optimizers
+with per-tensor reductions (LAMB, LARS) or host state.
 
 bfloat16: CuPy has no bfloat16 dtype of its own; parameters of dtype `bfloat16` (ml_dtypes) or `uint16` (bfloat16
 bits, e.g. a torch bfloat16 tensor viewed as int16) are updated as bfloat16 with float32 state.
@@ -46,7 +58,7 @@ import warnings
 
 import numpy as np
 
-from fastopt import cuda_build
+from fastopt import codegen, cuda_build
 
 # The oldest CuPy whose disk cache keeps modules built with name_expressions (older ones recompile in every process).
 CUPY_DISK_CACHE_VERSION = (14, 1)
@@ -249,6 +261,8 @@ class _CudaPlan:
         cp = _cp()
         self.spec = spec
         self.family = spec.kernel
+        self.flags = tuple(flags)
+        self.capturable = False    # make_capturable: the scalars and the step count in device memory
         dtype = params[0].dtype
         key = _dtype_key(dtype)
         self.ctype = np.float64 if key == "float64" else np.float32
@@ -383,16 +397,10 @@ class _CudaPlan:
             self._prefix = prefix
         self._grad_key = key
 
-    def run(self, grads, scalars, grad_scale=None, grad_factor=None):
-        if not self.total:
-            return
-        # The gradient transform (fastopt.codegen.GRAD_SCALARS): 1 and 1 leave the gradient exactly as it is.
-        scalars = (*scalars, 1.0 if grad_scale is None else grad_scale, 1.0 if grad_factor is None else grad_factor)
-        self._host_scalars = scalars   # in float64, for the per-tensor scalars' launch (kernel contract v2)
-        stream = self._stream()
-        # The same grad objects as last step: a CuPy array's memory never moves, so nothing needs a new look.
+    def _ready(self, grads, stream) -> None:
+        """The mode (flat or table) and its argument prefix for these grads: chosen again only when their addresses
+        change. The same grad objects as last step need no look at all: a CuPy array's memory never moves."""
         if len(grads) == len(self._grad_objects) and all(map(operator.is_, grads, self._grad_objects)):
-            self._launch(stream, self._prefix + tuple([self.ctype(s) for s in scalars]))
             return
         given = list(grads)
         try:
@@ -403,8 +411,83 @@ class _CudaPlan:
         if key != self._grad_key or len(grads) != len(self.params):
             self._select(grads, key, stream)
         self._grad_objects = given   # only now: these grads passed every check
+
+    def run(self, grads, scalars, grad_scale=None, grad_factor=None):
+        if not self.total:
+            return
+        if self.capturable:
+            raise RuntimeError("this plan is capturable: run_capturable takes the step (scalars live on the device)")
+        # The gradient transform (fastopt.codegen.GRAD_SCALARS): 1 and 1 leave the gradient exactly as it is.
+        scalars = (*scalars, 1.0 if grad_scale is None else grad_scale, 1.0 if grad_factor is None else grad_factor)
+        self._host_scalars = scalars   # in float64, for the per-tensor scalars' launch (kernel contract v2)
+        stream = self._stream()
+        self._ready(grads, stream)
         ctype = self.ctype
         self._launch(stream, self._prefix + tuple([ctype(s) for s in scalars]))
+
+    # -- the capturable step: everything a step reads that changes lives in device memory ---------------------------
+
+    def make_capturable(self, hyper: dict, step: int) -> None:
+        """From now on `run_capturable` takes the steps: the step count (after `step` steps so far), the
+        hyperparameters (float64, codegen.hyper_names order) and the kernel scalars live in device memory, allocated
+        here; each step is two launches (advance: step + 1 and the scalars, by the family's fo_<family>_scalars; then
+        the update reading them), with no argument that changes from step to step, so a CUDA graph captured around a
+        step replays as the same step. Changed hyperparameters reach the device through `set_hyper`."""
+        if not cuda_build.is_capturable(self.family):
+            raise ValueError(f"capturable=True: {self.spec.class_name} has no capturable CUDA step (kernel family "
+                             f"{self.family!r} declares no fo_{self.family}_scalars)")
+        cp = _cp()
+        names = codegen.hyper_names(self.family)
+        with cp.cuda.Device(self.device):
+            mod = _module(self.family)
+            self.advance_kernel = mod.get_function(cuda_build.kernel_name(self.family, "advance", self.key,
+                                                                          self.flags))
+            self.flatdev_kernel = mod.get_function(cuda_build.kernel_name(self.family, "flatdev", self.key,
+                                                                          self.flags))
+            self.tabledev_kernel = mod.get_function(cuda_build.kernel_name(self.family, "tabledev", self.key,
+                                                                           self.flags))
+            stream = cp.cuda.get_current_stream()
+            self.d_hyper = cp.zeros(len(names), dtype=np.float64)
+            self.d_step = cp.empty(1, dtype=np.int64)
+            self.d_scalars = cp.zeros(len(self.spec.scalar_names) + 2, dtype=self.ctype)
+            self.d_step.set(np.array([step], dtype=np.int64), stream=stream)
+            stream.synchronize()
+        self._hyper_written = None
+        self.capturable = True
+        self.set_hyper(hyper)
+
+    def set_hyper(self, hyper: dict) -> bool:
+        """Write the hyperparameters into the device hyper buffer when they differ from those written last (one
+        small copy on the launch stream; none when unchanged, so a step captured in a graph records no copy).
+        Returns True when it wrote."""
+        values = codegen.hyper_values(self.family, hyper)
+        if values == self._hyper_written:
+            return False
+        cp = _cp()
+        with cp.cuda.Device(self.device):
+            self.d_hyper.set(np.array(values, dtype=np.float64), stream=self._stream())
+        self._hyper_written = values
+        return True
+
+    def device_step(self) -> int:
+        """The step count kept on the device (one copy to the host, synchronizing)."""
+        return int(self.d_step.get(stream=self._stream())[0])
+
+    def run_capturable(self, grads) -> None:
+        """One capturable step (see make_capturable): advance, then the update reading the device scalars."""
+        if not self.capturable:
+            raise RuntimeError("make_capturable first")
+        if not self.total:
+            return
+        stream = self._stream()
+        self._ready(grads, stream)
+        self._launch_kernel(self.advance_kernel, 1, stream, (self.d_hyper, self.d_step, self.d_scalars))
+        if self._kernel is self.table_kernel:
+            self._table_stream = stream
+            kernel = self.tabledev_kernel
+        else:
+            kernel = self.flatdev_kernel
+        self._launch_kernel(kernel, self._blocks, stream, self._prefix + (self.d_scalars,))
 
     def _run_reductions(self, stream, kernel_scalars, scalars):
         """Kernel contract v2, before the update: launch 1 (partials per chunk of every reduction, the update value

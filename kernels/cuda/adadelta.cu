@@ -16,3 +16,18 @@ struct fo_adadelta_op {
         p = p - lr * delta;
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as the spec's Python
+// `scalars` computes them on the host (tests/test_capturable.py).
+struct fo_adadelta_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        (void)step;
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = weight_decay;
+        out[3] = rho;
+        out[4] = 1.0 - rho;
+        out[5] = eps;
+    }
+};

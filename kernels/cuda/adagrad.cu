@@ -13,3 +13,16 @@ struct fo_adagrad_op {
         p = p - (clr * d) / (fo_sqrt(s[0]) + eps);  // torch's addcdiv order
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as the spec's Python
+// `scalars` computes them on the host (tests/test_capturable.py).
+struct fo_adagrad_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        (void)initial_accumulator_value;
+        out[0] = lr / (1.0 + (double)(step - 1) * lr_decay);
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = weight_decay;
+        out[3] = eps;
+    }
+};

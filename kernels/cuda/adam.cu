@@ -29,3 +29,26 @@ struct fo_adam_op {
         p = p - (step_size * s[0]) / denom;  // torch's addcdiv order
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as
+// fastopt.specs._adam_scalars computes them on the host (pow is CUDA's on the device: within 2 ulp of the C library's,
+// see tests/test_capturable.py).
+struct fo_adam_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        const double t = (double)step;
+        const double bias_correction1 = 1.0 - pow(betas_0, t);
+        const double bias_correction2 = 1.0 - pow(betas_1, t);
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = weight_decay;
+        out[3] = betas_0;
+        out[4] = 1.0 - betas_0;
+        out[5] = betas_1;
+        out[6] = 1.0 - betas_1;
+        out[7] = eps;
+        out[8] = lr / bias_correction1;
+        out[9] = pow(bias_correction2, 0.5);   // ** 0.5 as torch and the host compute it, not sqrt
+        out[10] = 1.0 - lr * weight_decay;
+    }
+};

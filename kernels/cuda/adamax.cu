@@ -16,3 +16,17 @@ struct fo_adamax_op {
         p = p - (clr * s[0]) / s[1];  // torch's addcdiv order
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as the spec's Python
+// `scalars` computes them on the host (tests/test_capturable.py).
+struct fo_adamax_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        out[0] = maximize != 0.0 ? -1.0 : 1.0;
+        out[1] = weight_decay;
+        out[2] = 1.0 - betas_0;
+        out[3] = betas_1;
+        out[4] = eps;
+        out[5] = lr / (1.0 - pow(betas_0, (double)step));
+    }
+};

@@ -30,3 +30,19 @@ struct fo_rmsprop_op {
         }
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as the spec's Python
+// `scalars` computes them on the host (tests/test_capturable.py).
+struct fo_rmsprop_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        (void)step; (void)centered;
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = weight_decay;
+        out[3] = alpha;
+        out[4] = 1.0 - alpha;
+        out[5] = eps;
+        out[6] = momentum;
+    }
+};

@@ -27,3 +27,17 @@ struct fo_rprop_op {
         s[0] = d;
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as the spec's Python
+// `scalars` computes them on the host (tests/test_capturable.py).
+struct fo_rprop_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        (void)step; (void)lr;
+        out[0] = maximize != 0.0 ? -1.0 : 1.0;
+        out[1] = etas_0;
+        out[2] = etas_1;
+        out[3] = step_sizes_0;
+        out[4] = step_sizes_1;
+    }
+};

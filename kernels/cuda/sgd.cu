@@ -17,3 +17,18 @@ struct fo_sgd_op {
         p = p - lr * d;
     }
 };
+
+// The capturable step: the kernel scalars of step `step` (1 when the momentum buffer is new) from the
+// hyperparameters, in float64, as fastopt.specs._sgd_scalars computes them on the host.
+struct fo_sgd_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        const bool first = step == 1;
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = weight_decay;
+        out[3] = momentum;
+        out[4] = first ? 0.0 : momentum;
+        out[5] = first ? 1.0 : 1.0 - dampening;
+    }
+};
