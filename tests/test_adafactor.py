@@ -230,3 +230,23 @@ def test_functional_state_is_shaped():
     assert state["variance"][0] is None and state["row_var"][1] is None and state["variance"][1].shape == (5,)
     for step, g in enumerate(grads, start=1):
         functional.adafactor(params, g, state, step=step)
+
+
+def test_torch_drop_in_refuses_wrong_state_shapes_naming_the_entry():
+    params, grads = _draw([(4, 5), (6,)], np.float32, 1, seed=9)
+    tp = [torch.tensor(p) for p in params]
+    opt = fotorch.Adafactor(tp)
+    for p, g in zip(tp, grads[0]):
+        p.grad = torch.tensor(g)
+    opt.step()
+    saved = opt.state_dict()
+    fresh = fotorch.Adafactor([torch.tensor(p) for p in params])
+    wrong = copy.deepcopy(saved)
+    wrong["state"][0]["row_var"] = torch.zeros(4, 5)
+    with pytest.raises(ValueError, match=r"\['state'\]\[0\]\['row_var'\]: has shape \(4, 5\), expected \(4, 1\)"):
+        fresh.load_state_dict(wrong)
+    stray = copy.deepcopy(saved)
+    stray["state"][0]["variance"] = torch.zeros(4, 5)
+    with pytest.raises(ValueError, match=r"keeps no 'variance' for a param of shape \(4, 5\)"):
+        fresh.load_state_dict(stray)
+    assert not fresh.state   # nothing loaded
