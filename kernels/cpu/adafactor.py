@@ -65,8 +65,7 @@ BLOCK = 256
 
 
 @njit(**INLINE)
-def _lanes(term, x, y, args, buf, col):
-    """The sum; with a non-empty `col` (float64, x's size), also col[i] += term i."""
+def _lanes(term, x, y, args, buf):
     l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
     n = x.size
     for start in range(0, n, BLOCK):
@@ -75,10 +74,6 @@ def _lanes(term, x, y, args, buf, col):
         size = stop - start
         for i in range(size):
             buf[i] = term(xs, ys, i, args)
-        if col.size:   # the column sums of g^2 take the same terms, from the block in cache
-            cs = col[start:stop]
-            for i in range(size):
-                cs[i] += buf[i]
         m8 = size - size % 8
         for j in range(0, m8, 8):
             l0 += buf[j]
@@ -109,12 +104,12 @@ def _lanes(term, x, y, args, buf, col):
 
 
 @njit(**INLINE)
-def _tensor_sum(term, x, y, args, buf, col):
-    """reduce_tensor's order over x (and y, col alike): chunks of CHUNK, each by _lanes, added in order from 0.0."""
+def _tensor_sum(term, x, y, args, buf):
+    """reduce_tensor's order over x (and y alike): chunks of CHUNK, each by _lanes, added in order from 0.0."""
     total = 0.0
     for c0 in range(0, x.size, CHUNK):
         c1 = min(c0 + CHUNK, x.size)
-        total += _lanes(term, x[c0:c1], y[c0:c1], args, buf, col[c0:c1] if col.size else col)
+        total += _lanes(term, x[c0:c1], y[c0:c1], args, buf)
     return total
 
 
@@ -130,9 +125,13 @@ def _value(x, y, i, args):
 
 
 @njit(**INLINE)
-def _grad_square(x, y, i, args):
+def _grad_square_into(x, y, i, args):
+    """g^2 of element i (float64), also added to its column's partial y[i] (in the same loop: measured 1.35x
+    faster than a second loop over the block or the row)."""
     v = np.float64(_grad(x[i], args[0], args[1]))
-    return v * v
+    v = v * v
+    y[i] += v
+    return v
 
 
 @driver
@@ -146,7 +145,7 @@ def sums_of_squares(order, pchunks, blocks, addr, fmeta, like, unscale_by, clip_
             c = item
             t, a, b = pchunks[c, 0], pchunks[c, 1], pchunks[c, 2]
             p = span(addr[0, t], a, b, like)
-            pp_part[c] = _lanes(_square, p, p, 0, scratch[c], scratch[c, :0])
+            pp_part[c] = _lanes(_square, p, p, 0, scratch[c])
             continue
         k = item - npc
         t, s, r0, r1, off = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3], blocks[k, 4]
@@ -156,7 +155,7 @@ def sums_of_squares(order, pchunks, blocks, addr, fmeta, like, unscale_by, clip_
         col[:] = 0.0
         for r in range(r1 - r0):
             row = g[r * n:(r + 1) * n]
-            rowsum[row_base + s * m + r0 + r] = _tensor_sum(_grad_square, row, row, grad_args, scratch[npc + k], col)
+            rowsum[row_base + s * m + r0 + r] = _tensor_sum(_grad_square_into, row, col, grad_args, scratch[npc + k])
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
@@ -178,7 +177,7 @@ def moments(ftensors, addr, fmeta, like, weight, eps1, rowsum, colpart, rmean, b
                     total += colpart[cp_base + (s * nblocks + k) * n + j]
                 cols[s * n + j] = lerp(cols[s * n + j], type(like)(total / m), weight)
             mine = rows[s * m:(s + 1) * m]
-            rmean[slice_base + s] = _clamp_min(type(like)(_tensor_sum(_value, mine, mine, 0, buf, buf[:0]) / m), eps1)
+            rmean[slice_base + s] = _clamp_min(type(like)(_tensor_sum(_value, mine, mine, 0, buf) / m), eps1)
 
 
 @njit(**INLINE)
@@ -223,7 +222,7 @@ def update_norms(order, blocks, vchunks, addr, fmeta, like, grad_sign, weight, e
             c = item - nbl
             t, a, b = vchunks[c, 0], vchunks[c, 1], vchunks[c, 2]
             vpart[c] = _lanes(_vector_u_square, span(addr[1, t], a, b, like), span(addr[4, t], a, b, like),
-                              vector_args, scratch[item], scratch[item, :0])
+                              vector_args, scratch[item])
             continue
         k = item
         t, s, r0, r1 = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
@@ -234,8 +233,7 @@ def update_norms(order, blocks, vchunks, addr, fmeta, like, grad_sign, weight, e
         rm = rmean[slice_base + s]
         for r in range(r1 - r0):
             args = (rows[r], rm, grad_sign, eps1_sq, one, unscale_by, clip_coef)
-            urow[row_base + s * m + r0 + r] = _tensor_sum(_u_square, g[r * n:(r + 1) * n], cols, args, scratch[k],
-                                                            scratch[k, :0])
+            urow[row_base + s * m + r0 + r] = _tensor_sum(_u_square, g[r * n:(r + 1) * n], cols, args, scratch[k])
 
 
 @njit(cache=CACHE, error_model="numpy", nogil=True)
