@@ -366,9 +366,17 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def update(optimizer, params, grads, state, *, step: int | None = None, backend=None, **hyper) -> None:
-    """One step of `optimizer` on `params` (updated in place) and `state` (from `init_state`, updated in place)."""
+def update(optimizer, params, grads, state, *, step: int | None = None, backend=None, capturable: bool = False,
+           **hyper) -> None:
+    """One step of `optimizer` on `params` (updated in place) and `state` (from `init_state`, updated in place).
+
+    capturable=True (cuda backend; see fastopt/backends/cuda.py): the step count, hyperparameters and kernel scalars
+    live in device memory, so the call can be captured in a CUDA graph and replayed. The step count starts on the
+    device at the first call with these arrays (`step` - 1 steps before it) and counts there from then on: later
+    calls' `step` is not read (a replayed graph passes none); changed hyperparameters are written to the device."""
     spec = get_spec(optimizer)
+    if not isinstance(capturable, bool):
+        raise TypeError(f"capturable: expected True or False, got {capturable!r}")
     hyper, flags = _validated(spec, hyper)
     params, grads = list(params), list(grads)
     if step is not None and (type(step) is not int or step < 1):
@@ -387,10 +395,11 @@ def update(optimizer, params, grads, state, *, step: int | None = None, backend=
             any(s.name == spec.first_step_slot for s in spec.active_slots(hyper))
         step = 1 if creates else 2  # torch: the first step is the one that creates the buffer
     # A short key finds the candidate; identity checks against the arrays it holds confirm it.
-    key = (spec.name, flags, backend, dispatch.environment_backend(), len(params), id(params[0]))
+    key = (spec.name, flags, backend, dispatch.environment_backend(), len(params), id(params[0]), capturable)
     prepared = _CACHE.get(key)
     if prepared is None or not prepared.holds(params, state):
-        prepared = _prepare(spec, hyper, params, grads, state, backend, creates)
+        prepared = _prepare(spec, hyper, params, grads, state, backend, creates,
+                            capturable_step=step - 1 if capturable else None)
     elif len(grads) != len(prepared.grads) or not all(map(operator.is_, grads, prepared.grads)):
         check_grads(grads, prepared.params, "params[{}]".format, "grads[{}]".format)
         prepared = prepared.with_grads(grads)
@@ -474,8 +483,14 @@ def _validated(spec, hyper: dict):
     return full, flags
 
 
-def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared:
+def _prepare(spec, hyper, params, grads, state, requested, creates, capturable_step=None) -> _Prepared:
     backend = dispatch.choose_backend(params, requested)
+    if capturable_step is not None:
+        from fastopt import cuda_build
+        if backend.name != "cuda":
+            raise ValueError(f"capturable=True needs the cuda backend (CUDA graphs), got backend {backend.name!r}")
+        if not cuda_build.is_capturable(spec.kernel):
+            raise ValueError(f"capturable=True: {spec.class_name} has no capturable step")
     names = [f"params[{i}]" for i in range(len(params))]
     check_grads(grads, params, names, "grads[{}]".format)
     arrays = [backend.as_array(p) for p in params]
@@ -489,7 +504,7 @@ def _prepare(spec, hyper, params, grads, state, requested, creates) -> _Prepared
     active = spec.active_slots(hyper)
     views = {s.name: [None if a is None else backend.as_array(a) for a in slots[s.name]] for s in active}
     held = [(s.name, list(slots[s.name])) for s in active]  # copies: a list edited in place must not match
-    update = FusedUpdate(spec, arrays, views, hyper, backend)
+    update = FusedUpdate(spec, arrays, views, hyper, backend, capturable_step=capturable_step)
     return _Prepared(params, held, update, backend, grads, [backend.as_array(g) for g in grads])
 
 

@@ -187,3 +187,17 @@ def device_tolerance(spec, hyper, step) -> np.ndarray:
             power = value ** step
             amplification = max(amplification, power / (1 - power))
     return DEVICE_TOLERANCE_ULPS * np.finfo(np.float64).eps * amplification * np.maximum(want, 1e-300)
+
+
+def test_the_functional_api_validates_capturable_before_anything_runs():
+    from fastopt import functional
+    p = np.ones(3, np.float32)
+    state = functional.init_state("adam", [p])
+    with pytest.raises(TypeError, match="capturable"):
+        functional.adam([p], [np.ones(3, np.float32)], state, step=1, capturable="yes")
+    for backend in ("numpy", "cpu"):
+        with pytest.raises(ValueError, match="capturable=True needs the cuda backend"):
+            functional.adam([p], [np.ones(3, np.float32)], state, step=1, backend=backend, capturable=True)
+    assert np.all(p == 1) and np.all(state["exp_avg"][0] == 0)   # nothing ran
+    functional.adam([p], [np.ones(3, np.float32)], state, step=1, capturable=False)
+    assert np.all(p < 1)

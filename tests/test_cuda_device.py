@@ -552,3 +552,35 @@ def test_device_scalars_are_within_the_stated_tolerance_of_pythons():
             got = plan.d_scalars.get()[:len(spec.scalar_names)]
             want = np.array(spec.scalars(hyper, step))
             assert np.all(np.abs(got - want) <= device_tolerance(spec, hyper, step)), (name, step, got, want)
+
+
+def test_functional_capturable_steps_equal_the_class_and_replay_in_a_graph():
+    import fastopt
+    from fastopt import functional
+    rng = np.random.default_rng(22)
+    sizes = (5, 4097)
+    start = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads_np = [rng.standard_normal((6, n)).astype(np.float32) for n in sizes]
+    grads = [cp.empty(n, cp.float32) for n in sizes]
+    p_cls = [cp.asarray(a) for a in start]
+    p_fun = [cp.asarray(a) for a in start]
+    opt = fastopt.Adam(p_cls, lr=0.01, capturable=True)
+    state = functional.init_state("adam", p_fun)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        for g, src in zip(grads, grads_np):
+            g.set(src[0])
+        opt.step(grads)
+        functional.adam(p_fun, grads, state, step=1, lr=0.01, capturable=True)
+        stream.synchronize()
+        stream.begin_capture()
+        functional.adam(p_fun, grads, state, step=2, lr=0.01, capturable=True)
+        graph = stream.end_capture()
+        for k in range(1, 6):
+            for g, src in zip(grads, grads_np):
+                g.set(src[k])
+            graph.launch(stream)
+            opt.step(grads)
+        stream.synchronize()
+    for a, b in zip(p_fun, p_cls):
+        np.testing.assert_array_equal(a.get(), b.get())
