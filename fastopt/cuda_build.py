@@ -19,6 +19,18 @@ Kernel signatures (the convention the generators below rely on; see kernels/cuda
     fo_<family>_table<P, C, FLAGS...>(const long long* chunks, long long nchunks, long long chunk_elems,
         const unsigned long long* ptrs, const unsigned long long* grad_ptrs, const long long* sizes,
         long long ntensors, C scalar...)
+  with per-tensor reductions (kernel contract v2; no flat entry):
+    fo_<family>_table<...>(<table>, C scalar..., const C* tensor_scalars)
+    fo_<family>_reduce<...>(<table>, C scalar..., double* partials)
+    fo_<family>_combine<...>(const long long* tensor_chunks, long long ntensors, const double* partials,
+        double declared_scalar..., double* reduced, C* tensor_scalars)
+  capturable families (`is_capturable`), besides flat and table:
+    fo_<family>_advance<...>(const double* hyper, long long* step, C* scalars)
+    fo_<family>_flatdev<...>(P* param, const P* grad, C* slot..., long long n, const C* scalars)
+    fo_<family>_tabledev<...>(<table>, const C* scalars)
+  the reductions module (`REDUCE`, kernels/cuda/reduce.cu):
+    fo_reduce_partials<P, C>(chunks, nchunks, chunk_elems, ptrs, sizes, int op, double power, C unscale_by,
+        double* partials);  fo_reduce_combine<P, C>(tensor_chunks, ntensors, int op, partials, double* values)
 """
 
 from __future__ import annotations

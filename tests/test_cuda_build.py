@@ -24,7 +24,8 @@ from fastopt.specs import SPECS
 ARCHS = ("sm_80", "sm_90")
 # Registers per thread, at most: what keeps two blocks of BLOCK threads resident per SM (65536 registers on sm_80 and
 # sm_90), which keeps enough 16-byte loads in flight for these memory-bound kernels; beyond it, look at the kernel
-# again. Measured (nvcc 13.0): 29-104, the table kernels of 4-slot families in float64 (Adan) the highest.
+# again. Measured (nvcc 13.0): 24-106, the table kernels of 4-slot families in float64 (Adan) and Adam's float64
+# AMSGrad table entries the highest.
 REGISTER_BUDGET = 65536 // (2 * cuda_build.BLOCK)
 
 
