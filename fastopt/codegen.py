@@ -340,9 +340,17 @@ def cuda_kinds(fam: Family, capturable: bool = False) -> tuple[str, ...]:
     return base + (("advance", "flatdev", "tabledev") if capturable else ())
 
 
-def _reduction_codes(fam: Family) -> str:
+# Reduction op -> code in kernels/cuda/common.cuh (FO_RED_*): fastopt.reference.REDUCTIONS, and "count".
+CUDA_COUNT = 7
+
+
+def cuda_reduction_code(op: str) -> int:
     from fastopt.reference import REDUCTIONS
-    return ", ".join(str(REDUCTIONS[r.op]) for r in fam.reductions)
+    return CUDA_COUNT if op == "count" else REDUCTIONS[op]
+
+
+def _reduction_codes(fam: Family) -> str:
+    return ", ".join(str(cuda_reduction_code(r.op)) for r in fam.reductions)
 
 
 def cuda_prelude(fam: Family) -> str:

@@ -778,21 +778,21 @@ class HostReduce:
 
     def __call__(self, arrays, op: str, power: float = 2.0, unscale_by: float = 1.0, chunk_elems=1024, grid=5,
                  block=32) -> np.ndarray:
-        from fastopt.reference import REDUCTIONS
         tag = _HOST_TAGS[_dtype_key(arrays[0])]
+        code = codegen.cuda_reduction_code(op)
         sizes = np.array([a.size for a in arrays], dtype=np.int64)
         chunks = build_chunk_table(sizes, chunk_elems)
         ptrs = np.array([a.ctypes.data for a in arrays], dtype=np.uint64)
         partials = np.full(max(len(chunks), 1), np.nan)
         rc = _fn(self.lib, f"fo_host_reduce_partials_{tag}")(
             _P(_addr(chunks)), ctypes.c_longlong(len(chunks)), ctypes.c_longlong(chunk_elems), _P(_addr(ptrs)),
-            _P(_addr(sizes)), ctypes.c_int(REDUCTIONS[op]), ctypes.c_double(power), ctypes.c_double(unscale_by),
+            _P(_addr(sizes)), ctypes.c_int(code), ctypes.c_double(power), ctypes.c_double(unscale_by),
             _P(_addr(partials)), ctypes.c_uint(grid), ctypes.c_uint(block))
         _check(rc)
         offsets = tensor_chunk_offsets(chunks, len(arrays))
         values = np.full(len(arrays), np.nan)
         rc = _fn(self.lib, f"fo_host_reduce_combine_{tag}")(
-            _P(_addr(offsets)), ctypes.c_longlong(len(arrays)), ctypes.c_int(REDUCTIONS[op]), _P(_addr(partials)),
+            _P(_addr(offsets)), ctypes.c_longlong(len(arrays)), ctypes.c_int(code), _P(_addr(partials)),
             _P(_addr(values)), ctypes.c_uint(grid), ctypes.c_uint(block))
         _check(rc)
         return values

@@ -110,6 +110,12 @@ def test_host_build_computes_the_device_order_exactly_whatever_the_grid(op, dtyp
         np.testing.assert_array_equal(got, want, err_msg=f"{op} grid={grid}")
 
 
+def test_count_is_the_number_of_elements_whatever_they_hold():
+    arrays = _arrays(np.float64, special=True)
+    got = cuda_build.HostReduce()(arrays, "count", chunk_elems=1000, block=32)
+    np.testing.assert_array_equal(got, [a.size for a in arrays])
+
+
 def test_amp_unscale_is_applied_before_the_term():
     arrays = _arrays(np.float32, seed=3)
     got = cuda_build.HostReduce()(arrays, "sumsq", unscale_by=1024.0, chunk_elems=1000, block=32)
@@ -191,7 +197,8 @@ def test_family_reductions_and_tensor_scalars_are_the_models(name, dtype):
                 x = reference.update_function(spec.kernel)(p, grads[t], *mine, *scalars, *flags)
             else:
                 x = mine[[s.name for s in spec.slots].index(red.of)]
-            assert reduced[t, r] == _model(red.op, _terms(x, red.op), 1000, 32), (name, t, red)
+            want = float(np.size(x)) if red.op == "count" else _model(red.op, _terms(x, red.op), 1000, 32)
+            assert reduced[t, r] == want, (name, t, red)
         want = spec.tensor_scalars(scalars, tuple(float(v) for v in reduced[t]), p.dtype)
         np.testing.assert_array_equal(ts[t], np.array(want, dtype=dtype))
     for s, b in zip(slots, before[0]):   # the reductions write nothing

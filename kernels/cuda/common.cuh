@@ -296,6 +296,7 @@ __device__ __forceinline__ void fo_chunk_span(const long long* __restrict__ chun
 #define FO_RED_SUMPOW 4
 #define FO_RED_MINABS 5
 #define FO_RED_NONZERO 6
+#define FO_RED_COUNT 7        // the element count (a spec's "count" reduction): 1 per element, summed
 
 __device__ __forceinline__ double fo_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
 
@@ -309,6 +310,7 @@ __device__ __forceinline__ double fo_red_term(double v, int op, double power) {
     case FO_RED_SUM: return v;
     case FO_RED_NONFINITE: return fabs(v) < fo_inf() ? 0.0 : 1.0;   // comparisons only: inf and NaN count
     case FO_RED_NONZERO: return v == 0.0 ? 0.0 : 1.0;
+    case FO_RED_COUNT: return 1.0;
     case FO_RED_SUMPOW: return pow(fabs(v), power);
     default: return fabs(v);                                          // maxabs, minabs
     }
