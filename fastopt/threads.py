@@ -11,7 +11,10 @@ loaded, so that it can set how OpenMP's idle threads wait:
   so OpenMP libraries loaded later (torch's, scikit-learn's) keep their own defaults;
 * what you set is never overridden. OpenMP reads these variables once, when it is loaded: if Numba's layer was
   started before fastopt was imported (a parallel Numba function of your own ran first), it keeps the policy it
-  started with;
+  started with; likewise when torch (or another library using GNU OpenMP) was imported first and Numba's layer
+  shares its libgomp, whose threads then spin after each step (measured: an Adafactor step whose threads finish
+  unevenly went from 36 to 58 ms with torch imported first). Set OMP_WAIT_POLICY=PASSIVE in the environment before
+  importing either to get the quiet policy in that case too;
 * under the `workqueue` layer (no OpenMP or TBB), two parallel regions launched from two threads at once abort the
   process, so fastopt serializes its parallel kernel calls with `KERNEL_LOCK` there.
 
