@@ -24,6 +24,8 @@ from fastopt.bench.compare import compare
     ("adadelta", 4, 28),        # square_avg, acc_delta
     ("adam", 2, 14),            # fp16/bf16 parameters and state
     ("adam", 8, 56),
+    ("lamb", 4, 44),            # the norms' pass reads p g m v (the update, not stored), then Adam's pattern
+    ("lars", 4, 28),            # the norms' pass reads p g (LARS's update ignores its buffer), then momentum's
 ])
 def test_bytes_per_param_match_hand_counts(case, itemsize, expected):
     assert bytes_per_param(case, itemsize) == expected

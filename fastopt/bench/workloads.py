@@ -116,14 +116,47 @@ def bytes_per_param(case: OptimizerCase | str, itemsize: int, state_itemsize: in
 
     Reads: param, grad and every active state slot. Writes: param and every active state slot (in place). The
     gradient is read only. So a step with n active slots moves (2 + n) + (1 + n) = 3 + 2n arrays' worth of elements:
-    fp32 SGD 12 B, SGD with momentum 20 B, Adam 28 B, Adam with amsgrad 36 B. `state_itemsize` is the size of a
-    state element when it differs from the parameter's (e.g. fp32 state for fp16 parameters).
+    fp32 SGD 12 B, SGD with momentum 20 B, Adam 28 B, Adam with amsgrad 36 B. An optimizer with per-tensor
+    reductions first reads what they need: LAMB p, g and both moments (44 B in all), LARS p and g (28 B).
+    `state_itemsize` is the size of a state element when it differs from the parameter's (e.g. fp32 state for fp16
+    parameters).
     """
     if isinstance(case, str):
         case = CASES[case]
     n = len(case.active_slots())
     s = itemsize if state_itemsize is None else state_itemsize
-    return 3 * itemsize + 2 * n * s
+    return 3 * itemsize + 2 * n * s + _reduction_bytes(case, itemsize, s)
+
+
+def _reduction_bytes(case: OptimizerCase, itemsize: int, state_itemsize: int) -> int:
+    """Bytes per parameter of the reductions' pass that comes before the update (kernel contract v2: LAMB's and
+    LARS's norms): each array it reads, once. The update (`update`) reads the param, the grad and every active slot."""
+    from fastopt.specs import SPECS
+    spec = SPECS[case.spec]
+    if not spec.reductions:
+        return 0
+    read: set[str] = set()
+    for r in spec.reductions:
+        read |= _update_reads(spec, case.full_hyper()) if r.of == "update" else {r.of}
+    return sum(itemsize if name in ("param", "grad") else state_itemsize for name in read)
+
+
+def _update_reads(spec, hyper: dict) -> set[str]:
+    """The arrays a family's `update_value` reads: param, grad, and each active slot whose value changes its result
+    (probed with a NaN in that slot alone; LARS's update ignores its momentum buffer, LAMB's reads both moments)."""
+    import numpy as np
+
+    from fastopt import reference
+    hyper = spec.normalize(hyper)
+    scalars, flags = spec.scalars(hyper, 1), spec.flags(hyper)
+    update = reference.update_function(spec.kernel)
+    reads = {"param", "grad"}
+    for slot in spec.active_slots(hyper):
+        slots = [None if not s.active(hyper) else np.full(1, np.nan if s is slot else 0.5) for s in spec.slots]
+        with np.errstate(all="ignore"):
+            if np.isnan(update(np.full(1, 0.5), np.full(1, 0.25), *slots, *scalars, *flags)).any():
+                reads.add(slot.name)
+    return reads
 
 
 def access_pattern(case: OptimizerCase | str) -> tuple[int, int]:
