@@ -335,9 +335,12 @@ def cuda_kinds(fam: Family, capturable: bool = False) -> tuple[str, ...]:
     the per-tensor scalars), reduce (launch 1: partials per chunk) and combine (launch 2: per tensor, then the
     tensor scalars). No flat entry then: the per-tensor scalars need the chunk's tensor. A capturable family (its
     source declares `fo_<family>_scalars`) adds advance (the step count and the scalars, in device memory) and
-    flatdev / tabledev (flat and table reading the scalars from device memory)."""
-    base = ("table", "reduce", "combine") if fam.reductions else ("flat", "table")
-    return base + (("advance", "flatdev", "tabledev") if capturable else ())
+    flatdev / tabledev (flat and table reading the scalars from device memory), or with reductions reducedev /
+    combinedev / tabledev."""
+    if fam.reductions:
+        return ("table", "reduce", "combine") + (("advance", "reducedev", "combinedev", "tabledev") if capturable
+                                                 else ())
+    return ("flat", "table") + (("advance", "flatdev", "tabledev") if capturable else ())
 
 
 # Reduction op -> code in kernels/cuda/common.cuh (FO_RED_*): fastopt.reference.REDUCTIONS, and "count".
@@ -411,6 +414,8 @@ def cuda_entries(fam: Family, capturable: bool = False) -> str:
 }}
 """
     nred = len(fam.reductions)
+    if capturable:
+        out += _capturable_reduction_entries(fam, head, op)
     values = " ".join(f"v[{k}] = (double)({_reduction_value(fam, r.of)});" for k, r in enumerate(fam.reductions))
     tensor_init = "".join(f" tensor.{s} = {s};" for s in fam.scalar_names)
     doubles = ", ".join(f"double {s}" for s in fam.scalar_names)
@@ -442,16 +447,53 @@ def cuda_entries(fam: Family, capturable: bool = False) -> str:
 """
 
 
-def _capturable_entries(fam: Family, head: str, op: str, slot_params: str, slot_array: str) -> str:
-    """The capturable step's entry points: advance (one thread: step += 1, then the family's
-    `fo_<family>_scalars` computes the kernel scalars in float64 from the device hyper buffer, rounded once to C,
-    and the gradient transform's 1 and 1), and flat / table reading every scalar from that device array."""
+def _scalar_loads(fam: Family) -> str:
+    nsc = len(fam.scalar_names)
+    return "".join(f" op.op.{s} = fo_scalars[{k}];" for k, s in enumerate(fam.scalar_names)) + \
+        "".join(f" op.{s} = fo_scalars[{nsc + k}];" for k, s in enumerate(GRAD_SCALARS))
+
+
+def _capturable_reduction_entries(fam: Family, head: str, op: str) -> str:
+    """A capturable family with reductions: reduce, combine and table reading the scalars from device memory (the
+    combine launch their float64 values, as the spec's Python `tensor_scalars` receives them)."""
+    nred, nts = len(fam.reductions), len(fam.tensor_scalar_names)
+    values = " ".join(f"v[{k}] = (double)({_reduction_value(fam, r.of)});" for k, r in enumerate(fam.reductions))
+    tensor_init = "".join(f" tensor.{s} = fo_scalars64[{k}];" for k, s in enumerate(fam.scalar_names))
+    return f"""{head}fo_{fam.name}_reducedev(FO_TABLE_PARAMS, const C* __restrict__ fo_scalars,
+    double* __restrict__ fo_partials) {{
+    {op} op;{_scalar_loads(fam)}
+    const int ops[{nred}] = {{{_reduction_codes(fam)}}};
+    fo_table_reduce<P, C, {nred}>(op, FO_TABLE_ARGS, ops, fo_partials,
+        [&](C p, C g, const C (&s)[decltype(op)::NSLOTS], double (&v)[{nred}]) {{ {values} }});
+}}
+
+{head}fo_{fam.name}_combinedev(const long long* __restrict__ fo_tensor_chunks, long long ntensors,
+    const double* __restrict__ fo_partials, const double* __restrict__ fo_scalars64, double* __restrict__ fo_reduced,
+    C* __restrict__ fo_ts) {{
+    fo_{fam.name}_tensor<C> tensor;{tensor_init}
+    const int ops[{nred}] = {{{_reduction_codes(fam)}}};
+    fo_combine_tensors<{nred}>(ops, fo_tensor_chunks, ntensors, fo_partials,
+                               [&](long long t, const double (&r)[{nred}]) {{
+        for (int k = 0; k < {nred}; ++k) fo_reduced[t * {nred} + k] = r[k];
+        C out[{nts}];
+        tensor(r, out);
+        for (int k = 0; k < {nts}; ++k) fo_ts[t * {nts} + k] = out[k];
+    }});
+}}
+
+{head}fo_{fam.name}_tabledev(FO_TABLE_PARAMS, const C* __restrict__ fo_scalars, const C* __restrict__ fo_ts) {{
+    {op} op;{_scalar_loads(fam)}
+    fo_table<P, C>(op, FO_TABLE_ARGS, fo_ts);
+}}
+
+""" + _advance_entry(fam, head)
+
+
+def _advance_entry(fam: Family, head: str) -> str:
     nsc = len(fam.scalar_names)
     hyper_init = "".join(f" sc.{h} = fo_hyper[{k}];" for k, h in enumerate(hyper_names(fam.name)))
-    load = "".join(f" op.op.{s} = fo_scalars[{k}];" for k, s in enumerate(fam.scalar_names)) + \
-        "".join(f" op.{s} = fo_scalars[{nsc + k}];" for k, s in enumerate(GRAD_SCALARS))
     return f"""{head}fo_{fam.name}_advance(const double* __restrict__ fo_hyper, long long* __restrict__ fo_step,
-    C* __restrict__ fo_scalars) {{
+    C* __restrict__ fo_scalars, double* __restrict__ fo_scalars64) {{
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     fo_{fam.name}_scalars sc;{hyper_init}
     const long long t = *fo_step + 1;
@@ -459,18 +501,29 @@ def _capturable_entries(fam: Family, head: str, op: str, slot_params: str, slot_
     double out[{max(nsc, 1)}];
     sc(t, out);
     for (int k = 0; k < {nsc}; ++k) fo_scalars[k] = (C)out[k];
+    for (int k = 0; k < {nsc}; ++k) fo_scalars64[k] = out[k];   // as the per-tensor scalars' launch takes them
     fo_scalars[{nsc}] = C(1);
     fo_scalars[{nsc + 1}] = C(1);
 }}
 
-{head}fo_{fam.name}_flatdev(P* param, const P* grad, {slot_params}long long n, const C* __restrict__ fo_scalars) {{
-    {op} op;{load}
+"""
+
+
+def _capturable_entries(fam: Family, head: str, op: str, slot_params: str, slot_array: str) -> str:
+    """The capturable step's entry points: advance (one thread: step += 1, then the family's
+    `fo_<family>_scalars` computes the kernel scalars in float64 from the device hyper buffer, rounded once to C,
+    and the gradient transform's 1 and 1; the float64 values too), and flat / table reading every scalar from
+    that device array."""
+    flatdev = f"fo_{fam.name}_flatdev(P* param, const P* grad, {slot_params}long long n,"
+    return _advance_entry(fam, head) + f"""{head}{flatdev}
+    const C* __restrict__ fo_scalars) {{
+    {op} op;{_scalar_loads(fam)}
     {slot_array}
     fo_flat<P, C>(op, param, grad, s, n);
 }}
 
 {head}fo_{fam.name}_tabledev(FO_TABLE_PARAMS, const C* __restrict__ fo_scalars) {{
-    {op} op;{load}
+    {op} op;{_scalar_loads(fam)}
     fo_table<P, C>(op, FO_TABLE_ARGS);
 }}
 

@@ -97,12 +97,11 @@ _capturable: dict[str, bool] = {}
 def is_capturable(family: str) -> bool:
     """True when the family's CUDA source declares `struct fo_<family>_scalars` (the kernel scalars from the device
     hyper buffer and step count, for the capturable step) and its specs agree on their hyperparameters; never for
-    families with reductions (their per-tensor scalars' launch takes host scalars) or host state (kept on the host
-    per param: NAdam, ASGD, schedule-free)."""
+    families with host state (kept on the host per param: NAdam, ASGD, schedule-free)."""
     if family not in _capturable:
         fam = FAMILIES.get(family)
         host_state = any(spec.host_state for spec in SPECS.values() if spec.kernel == family)
-        ok = fam is not None and not fam.reductions and not host_state and codegen.hyper_layout(family) is not None
+        ok = fam is not None and not host_state and codegen.hyper_layout(family) is not None
         if ok:
             text = (kernel_dir() / f"{family}.cu").read_text()
             ok = re.search(rf"^\s*struct\s+fo_{family}_scalars\b", text, re.MULTILINE) is not None
@@ -193,11 +192,15 @@ class Instantiation:
         elif self.kind == "reduce":
             params = table + scalars + ["double*"]
         elif self.kind == "advance":
-            params = ["const double*", "long long*", f"{c}*"]
+            params = ["const double*", "long long*", f"{c}*", "double*"]
         elif self.kind == "flatdev":
             params = [f"{p}*", f"const {p}*"] + [f"{c}*"] * len(fam.slot_names) + ["long long", f"const {c}*"]
         elif self.kind == "tabledev":
-            params = table + [f"const {c}*"]
+            params = table + [f"const {c}*"] + ([f"const {c}*"] if fam.reductions else [])
+        elif self.kind == "reducedev":
+            params = table + [f"const {c}*", "double*"]
+        elif self.kind == "combinedev":
+            params = ["const long long*", "long long", "const double*", "const double*", "double*", f"{c}*"]
         else:   # combine
             params = ["const long long*", "long long", "const double*"] + ["double"] * len(fam.scalar_names) + \
                 ["double*", f"{c}*"]
@@ -555,17 +558,27 @@ def _host_entries(family: str) -> str:
                 args = f"{_TABLE_ARGS}, {scal}, partials"
             elif kind == "advance":
                 head = (f'extern "C" int fo_host_{family}_advance_{tag}(unsigned flags, const double* hyper, '
-                        "long long* step, void* scalars, unsigned grid, unsigned block)")
-                args = f"hyper, step, ({c}*)scalars"
+                        "long long* step, void* scalars, double* scalars64, unsigned grid, unsigned block)")
+                args = f"hyper, step, ({c}*)scalars, scalars64"
+            elif kind == "reducedev":
+                head = (f'extern "C" int fo_host_{family}_reducedev_{tag}(unsigned flags, {_TABLE_HEAD}, '
+                        "const void* scalars, double* partials, unsigned grid, unsigned block)")
+                args = f"{_TABLE_ARGS}, (const {c}*)scalars, partials"
+            elif kind == "combinedev":
+                head = (f'extern "C" int fo_host_{family}_combinedev_{tag}(unsigned flags, '
+                        "const long long* tensor_chunks, long long ntensors, const double* partials, "
+                        "const double* scalars64, double* reduced, void* ts, unsigned grid, unsigned block)")
+                args = f"tensor_chunks, ntensors, partials, scalars64, reduced, ({c}*)ts"
             elif kind == "flatdev":
                 head = (f'extern "C" int fo_host_{family}_flatdev_{tag}(unsigned flags, long long n, '
                         "void* const* arrays, const void* scalars, unsigned grid, unsigned block)")
                 args = ", ".join([f"({p}*)arrays[0]", f"(const {p}*)arrays[1]"] +
                                  [f"({c}*)arrays[{2 + k}]" for k in range(ns)] + ["n", f"(const {c}*)scalars"])
             elif kind == "tabledev":
+                extra = ", const void* ts" if fam.reductions else ""
                 head = (f'extern "C" int fo_host_{family}_tabledev_{tag}(unsigned flags, {_TABLE_HEAD}, '
-                        "const void* scalars, unsigned grid, unsigned block)")
-                args = f"{_TABLE_ARGS}, (const {c}*)scalars"
+                        f"const void* scalars{extra}, unsigned grid, unsigned block)")
+                args = f"{_TABLE_ARGS}, (const {c}*)scalars" + (f", (const {c}*)ts" if fam.reductions else "")
             else:
                 head = (f'extern "C" int fo_host_{family}_combine_{tag}(unsigned flags, '
                         "const long long* tensor_chunks, long long ntensors, const double* partials, "
@@ -640,9 +653,11 @@ def _declare(lib, module: str) -> None:
                     "table": [U, *table, D, *([V] if with_ts else []), U, U],
                     "reduce": [U, *table, D, V, U, U],
                     "combine": [U, V, LL, V, D, V, V, U, U],
-                    "advance": [U, V, V, V, U, U],
+                    "advance": [U, V, V, V, V, U, U],
                     "flatdev": [U, LL, ctypes.POINTER(V), V, U, U],
-                    "tabledev": [U, *table, V, U, U]}
+                    "tabledev": [U, *table, V, *([V] if with_ts else []), U, U],
+                    "reducedev": [U, *table, V, V, U, U],
+                    "combinedev": [U, V, LL, V, V, V, V, U, U]}
             names = {k: f"fo_host_{module}_{k}_{tag}" for k in kinds(module)}
         for kind, name in names.items():
             fn = getattr(lib, name)

@@ -65,9 +65,8 @@ def _hypers(spec, rng, count=6):
 
 def test_the_capturable_families_are_adam_and_sgd_at_least():
     assert {"adam", "adamw", "sgd", "adagrad", "rmsprop", "adadelta", "adamax", "lion", "signum", "yogi",
-            "adabelief", "rprop"} <= set(CAPTURABLE)
+            "adabelief", "rprop", "lamb", "lars"} <= set(CAPTURABLE)
     assert not any(SPECS[n].host_state for n in CAPTURABLE)   # host state (NAdam, ASGD, schedule-free): host-side
-    assert not cuda_build.is_capturable("lamb")   # reductions: the per-tensor scalars' launch takes host scalars
 
 
 @needs_cxx
@@ -105,12 +104,15 @@ def test_advance_counts_the_step_and_rounds_each_scalar_once(name, dtype):
     values = np.array(codegen.hyper_values(spec.kernel, hyper), dtype=np.float64)
     step = np.array([41], dtype=np.int64)
     scalars = np.full(len(spec.scalar_names) + 2, np.nan, dtype=ctype)
+    scalars64 = np.full(len(spec.scalar_names), np.nan)
     for want_step in range(42, 52):
         assert getattr(lib, f"fo_host_{spec.kernel}_advance_{tag}")(mask, values.ctypes.data, step.ctypes.data,
-                                                                    scalars.ctypes.data, 1, 32) == 0
+                                                                    scalars.ctypes.data, scalars64.ctypes.data,
+                                                                    1, 32) == 0
         assert step[0] == want_step
         want = np.array([*spec.scalars(hyper, want_step), 1.0, 1.0]).astype(ctype)
         np.testing.assert_array_equal(scalars, want)
+        np.testing.assert_array_equal(scalars64, spec.scalars(hyper, want_step))   # what the combine launch reads
 
 
 def test_hyper_values_flatten_pairs_and_booleans():

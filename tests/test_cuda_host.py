@@ -444,7 +444,7 @@ class _FakeEvent:
 
 # Blocks of 256 threads resident per SM for each kind of kernel (the stand-in's occupancy calculator).
 _OCCUPANCY = {"flat": 3, "table": 5, "reduce": 4, "combine": 6, "partials": 4, "advance": 8, "flatdev": 3,
-              "tabledev": 5}
+              "tabledev": 5, "reducedev": 4, "combinedev": 6}
 
 
 def _addr(a):
@@ -491,10 +491,26 @@ class _FakeKernel:
         fam = cuda_build.FAMILIES[self.family]
         nsc = len(fam.kernel_scalars)
         if self.kind == "advance":
-            hyper, step, scalars = args
+            hyper, step, scalars, scalars64 = args
             assert hyper.dtype == np.float64 and step.dtype == np.int64 and scalars.dtype == want
+            assert scalars64.dtype == np.float64
             assert getattr(lib, f"fo_host_{self.family}_advance_{tag}")(
-                self.mask, _addr(hyper), _addr(step), _addr(scalars), g, b) == 0
+                self.mask, _addr(hyper), _addr(step), _addr(scalars), _addr(scalars64), g, b) == 0
+            return
+        if self.kind == "reducedev":
+            *table, scalars, partials = args
+            assert scalars.dtype == want and partials.dtype == np.float64
+            chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors = table
+            assert getattr(lib, f"fo_host_{self.family}_reducedev_{tag}")(
+                self.mask, _addr(chunks), int(nchunks), int(chunk_elems), _addr(ptrs), _addr(gptrs), _addr(sizes),
+                int(ntensors), _addr(scalars), _addr(partials), g, b) == 0
+            return
+        if self.kind == "combinedev":
+            offsets, ntensors, partials, scalars64, reduced, ts = args
+            assert scalars64.dtype == np.float64 and ts.dtype == want and type(ntensors) is np.int64
+            assert getattr(lib, f"fo_host_{self.family}_combinedev_{tag}")(
+                self.mask, _addr(offsets), int(ntensors), _addr(partials), _addr(scalars64), _addr(reduced),
+                _addr(ts), g, b) == 0
             return
         if self.kind == "flatdev":
             ptrs = [int(a) for a in args[:-2]]
@@ -504,11 +520,11 @@ class _FakeKernel:
                 self.mask, int(args[-2]), (ctypes.c_void_p * len(ptrs))(*ptrs), _addr(args[-1]), g, b) == 0
             return
         if self.kind == "tabledev":
-            chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors, scalars = args
-            assert scalars.dtype == want
+            chunks, nchunks, chunk_elems, ptrs, gptrs, sizes, ntensors, scalars, *ts = args
+            assert scalars.dtype == want and len(ts) == (1 if fam.reductions else 0)
             assert getattr(lib, f"fo_host_{self.family}_tabledev_{tag}")(
                 self.mask, _addr(chunks), int(nchunks), int(chunk_elems), _addr(ptrs), _addr(gptrs), _addr(sizes),
-                int(ntensors), _addr(scalars), g, b) == 0
+                int(ntensors), _addr(scalars), *[_addr(a) for a in ts], g, b) == 0
             return
         if self.kind == "combine":
             offsets, ntensors, partials, *doubles, reduced, ts = args
@@ -1061,7 +1077,10 @@ def test_capturable_steps_equal_eager_steps_bit_for_bit_and_follow_an_lr_change(
         runs[capturable] = params, slots
         if capturable:
             kinds = [k for k, _, _ in fake_cupy.launches]
-            assert kinds == ["advance", "flatdev" if flat else "tabledev"] * STEPS
+            if spec.reductions:   # kernel contract v2: the reductions read the device scalars too
+                assert kinds == ["advance", "reducedev", "combinedev", "tabledev"] * STEPS
+            else:
+                assert kinds == ["advance", "flatdev" if flat else "tabledev"] * STEPS
             assert plan.d_hyper.sets == 2 and plan.device_step() == STEPS   # initial values, then the lr change
     (p0, s0), (p1, s1) = runs[False], runs[True]
     for t in range(len(sizes)):

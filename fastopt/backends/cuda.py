@@ -31,20 +31,23 @@ Streams: the launch goes to torch's current stream when the params are torch ten
 the grads ran there), else to CuPy's current stream. Before the grads' table is rewritten on one stream while the
 last launch that read it went to another, the writing stream waits for that launch (an event).
 
-Capturable (Optimizer(..., capturable=True); Adam, AdamW and SGD so far: the families whose source declares
-`fo_<family>_scalars`, fastopt.cuda_build.is_capturable): by default lr, the bias corrections and the other per-step
-scalars are kernel arguments, which a CUDA graph freezes at capture. A capturable plan (`make_capturable`) keeps the
-step count (int64), the hyperparameters (float64) and the kernel scalars in device memory allocated once, and a step
-is two launches whose arguments never change: `advance` (one thread: step + 1, then the family's
-fo_<family>_scalars computes the scalars in float64 from the hyperparameters, as the spec's Python `scalars` does,
-rounded once to the compute type) and the update (`flatdev` / `tabledev`) reading them. So a step captured in a graph
-and replayed is the eager capturable step, bit for bit, and eager capturable steps are the host-scalar steps bit for
-bit where CUDA's pow gives the C library's result (else within the 2-ulp bound tests/test_capturable.py states).
-Hyperparameters reach the device through `set_hyper`, a copy only when they changed: every eager step calls it, and
-between graph replays `Optimizer.write_hyperparameters()` does (after changing lr in param_groups, e.g. by a
-scheduler); the plan never reads param_groups itself. The step count on the device is the truth (state_dict reads it
-back). Not with max_grad_norm, grad_scale or found_inf (their decisions are read on the host), nor for optimizers
-with per-tensor reductions (LAMB, LARS) or host state.
+Capturable (Optimizer(..., capturable=True) or the functional API's capturable=True; every optimizer whose family
+source declares `fo_<family>_scalars` and keeps no host state, fastopt.cuda_build.is_capturable: Adam, AdamW, SGD,
+Adagrad, RMSprop, Adadelta, Adamax, Lion, Signum, Yogi, AdaBelief, Rprop, LAMB, LARS): by default lr, the bias
+corrections and the other per-step scalars are kernel arguments, which a CUDA graph freezes at capture. A capturable
+plan (`make_capturable`) keeps the step count (int64), the hyperparameters (float64) and the kernel scalars in
+device memory allocated once, and a step is two launches whose arguments never change: `advance` (one thread: step +
+1, then the family's fo_<family>_scalars computes the scalars in float64 from the hyperparameters, as the spec's
+Python `scalars` does, rounded once to the compute type) and the update (`flatdev` / `tabledev`) reading them; with
+per-tensor reductions (LAMB, LARS) four: advance, `reducedev`, `combinedev` (reading the float64 scalars) and
+`tabledev`. So a step captured in a graph and replayed is the eager capturable step, bit for bit, and eager
+capturable steps are the host-scalar steps bit for bit where CUDA's pow gives the C library's result (else within
+the 2-ulp bound tests/test_capturable.py states). Hyperparameters reach the device through `set_hyper`, a copy only
+when they changed: every eager step calls it, and between graph replays `Optimizer.write_hyperparameters()` does
+(after changing lr in param_groups, e.g. by a scheduler); the plan never reads param_groups itself. The step count
+on the device is the truth (state_dict reads it back). Not with max_grad_norm, grad_scale or found_inf (their
+decisions are read on the host), nor for optimizers with host state (NAdam, ASGD, schedule-free: their host values
+advance per param on the host).
 
 bfloat16: CuPy has no bfloat16 dtype of its own; parameters of dtype `bfloat16` (ml_dtypes) or `uint16` (bfloat16
 bits, e.g. a torch bfloat16 tensor viewed as int16) are updated as bfloat16 with float32 state.
@@ -440,16 +443,22 @@ class _CudaPlan:
         names = codegen.hyper_names(self.family)
         with cp.cuda.Device(self.device):
             mod = _module(self.family)
-            self.advance_kernel = mod.get_function(cuda_build.kernel_name(self.family, "advance", self.key,
-                                                                          self.flags))
-            self.flatdev_kernel = mod.get_function(cuda_build.kernel_name(self.family, "flatdev", self.key,
-                                                                          self.flags))
-            self.tabledev_kernel = mod.get_function(cuda_build.kernel_name(self.family, "tabledev", self.key,
-                                                                           self.flags))
+
+            def get(kind):
+                return mod.get_function(cuda_build.kernel_name(self.family, kind, self.key, self.flags))
+
+            self.advance_kernel = get("advance")
+            self.tabledev_kernel = get("tabledev")
+            if self.reductions:   # the reductions read the device scalars too; the combine launch their float64
+                self.flatdev_kernel = None
+                self.reducedev_kernel, self.combinedev_kernel = get("reducedev"), get("combinedev")
+            else:
+                self.flatdev_kernel = get("flatdev")
             stream = cp.cuda.get_current_stream()
             self.d_hyper = cp.zeros(len(names), dtype=np.float64)
             self.d_step = cp.empty(1, dtype=np.int64)
             self.d_scalars = cp.zeros(len(self.spec.scalar_names) + 2, dtype=self.ctype)
+            self.d_scalars64 = cp.zeros(max(len(self.spec.scalar_names), 1), dtype=np.float64)
             self.d_step.set(np.array([step], dtype=np.int64), stream=stream)
             stream.synchronize()
         self._hyper_written = None
@@ -481,7 +490,18 @@ class _CudaPlan:
             return
         stream = self._stream()
         self._ready(grads, stream)
-        self._launch_kernel(self.advance_kernel, 1, stream, (self.d_hyper, self.d_step, self.d_scalars))
+        self._launch_kernel(self.advance_kernel, 1, stream,
+                            (self.d_hyper, self.d_step, self.d_scalars, self.d_scalars64))
+        if self.reductions:   # kernel contract v2: reduce, combine, then the update, all reading device scalars
+            self._table_stream = stream
+            self._launch_kernel(self.reducedev_kernel, self.reduce_blocks, stream,
+                                self._prefix + (self.d_scalars, self.d_partials))
+            self._launch_kernel(self.combinedev_kernel, self.combine_blocks, stream,
+                                (self.d_offsets, np.int64(len(self.sizes)), self.d_partials, self.d_scalars64,
+                                 self.d_reduced, self.d_tensor_scalars))
+            self._launch_kernel(self.tabledev_kernel, self._blocks, stream,
+                                self._prefix + (self.d_scalars, self.d_tensor_scalars))
+            return
         if self._kernel is self.table_kernel:
             self._table_stream = stream
             kernel = self.tabledev_kernel
@@ -728,6 +748,10 @@ class CudaBackend:
             target.set(source)
 
     def prepare(self, spec, params, slots, flags):
+        if spec.kernel == "adafactor":   # shaped state: its own plan (None where a param keeps no such slot)
+            from fastopt.backends.cuda_adafactor import AdafactorPlan
+            return AdafactorPlan(spec, [self.as_array(p) for p in params], {k: None if v is None else [
+                None if a is None else self.as_array(a) for a in v] for k, v in slots.items()}, flags)
         if spec.kernel not in cuda_build.FAMILIES:
             raise NotImplementedError(f"{spec.class_name}: the cuda backend has no kernels for kernel family "
                                       f"{spec.kernel!r} (slots shaped unlike their params); use backend='cpu' or "

@@ -47,3 +47,22 @@ struct fo_lamb_tensor {
         ts[0] = use_trust_ratio != 0.0 ? fo_trust_ratio<C>(r[0], r[1], 1.0, 0.0) : C(1);
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as
+// fastopt.optimizers.lamb._scalars computes them on the host (tests/test_capturable.py).
+struct fo_lamb_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = exclude_from_weight_decay != 0.0 ? 0.0 : weight_decay;
+        out[3] = betas_0;
+        out[4] = 1.0 - betas_0;
+        out[5] = betas_1;
+        out[6] = 1.0 - betas_1;
+        out[7] = eps;
+        out[8] = 1.0 - pow(betas_0, (double)step);
+        out[9] = 1.0 - pow(betas_1, (double)step);
+        out[10] = exclude_from_trust_ratio != 0.0 ? 0.0 : 1.0;
+    }
+};

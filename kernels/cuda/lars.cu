@@ -31,3 +31,19 @@ struct fo_lars_tensor {
         ts[0] = use_trust_ratio != 0.0 ? fo_trust_ratio<C>(r[0], r[1], trust_coefficient, trust_eps) : C(1);
     }
 };
+
+// The capturable step: the kernel scalars from the hyperparameters (none depends on the step), in float64, as
+// fastopt.optimizers.lars._scalars computes them on the host (tests/test_capturable.py).
+struct fo_lars_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        (void)step; (void)nesterov;
+        out[0] = lr;
+        out[1] = maximize != 0.0 ? -1.0 : 1.0;
+        out[2] = exclude_from_weight_decay != 0.0 ? 0.0 : weight_decay;
+        out[3] = momentum;
+        out[4] = trust_coefficient;
+        out[5] = trust_eps;
+        out[6] = exclude_from_trust_ratio != 0.0 ? 0.0 : 1.0;
+    }
+};
