@@ -585,3 +585,71 @@ def test_functional_capturable_steps_equal_the_class_and_replay_in_a_graph():
         stream.synchronize()
     for a, b in zip(p_fun, p_cls):
         np.testing.assert_array_equal(a.get(), b.get())
+
+
+# ---- Adafactor (shaped state; fastopt/backends/cuda_adafactor.py) --------------------------------------------------
+
+ADAFACTOR_SHAPES = [(7,), (), (0,), (1, 1), (2, 5, 6), (3, 1, 4, 9), (0, 3), (300, 257), (2, 40000), (4097,),
+                    (1 << 20,), (1024, 1024)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("config", [{}, {"lr": 0.05, "weight_decay": 0.1, "maximize": True},
+                                    {"lr": 0.3, "beta2_decay": -0.5, "eps": (1e-3, 0.1), "d": 1.5}])
+def test_adafactor_matches_the_reference_bit_for_bit(config, dtype):
+    """The host build matches the reference bit for bit (tests/test_adafactor_cuda_host.py); so does the device:
+    correctly rounded division and sqrt, no contraction (--fmad=false), and no denormal in these values (-ftz)."""
+    spec = SPECS["adafactor"]
+    hyper = spec.normalize({**spec.defaults, **config})
+    rng = np.random.default_rng(31)
+    params_np = [np.array(rng.standard_normal(s), dtype=dtype) for s in ADAFACTOR_SHAPES]
+    slots_np = [reference.new_slots(spec, p, hyper) for p in params_np]
+    params = [cp.asarray(p) for p in params_np]
+    slots = {s.name: [None if row[k] is None else cp.asarray(row[k]) for row in slots_np]
+             for k, s in enumerate(spec.slots)}
+    plan = BACKEND.prepare(spec, params, slots, spec.flags(hyper))
+    grads = [cp.empty(s, dtype) for s in ADAFACTOR_SHAPES]
+    for step in range(1, STEPS + 1):
+        grads_np = [np.array(rng.standard_normal(s) * 3.0, dtype=dtype) for s in ADAFACTOR_SHAPES]
+        for g, src in zip(grads, grads_np):
+            g.set(src)
+        plan.run(grads, spec.scalars(hyper, step), 256.0 if step % 2 else None, 0.75 if step == 2 else None)
+        with np.errstate(all="ignore"):
+            reference.run(spec, params_np, grads_np, [[row[k] for row in slots_np] for k in range(3)],
+                          spec.scalars(hyper, step), (), 256.0 if step % 2 else None, 0.75 if step == 2 else None)
+    cp.cuda.get_current_stream().synchronize()
+    for i, (got, want) in enumerate(zip(params, params_np)):
+        np.testing.assert_array_equal(got.get(), want, err_msg=f"param {i} {ADAFACTOR_SHAPES[i]}")
+    for k, s in enumerate(spec.slots):
+        for i, row in enumerate(slots_np):
+            if row[k] is not None:
+                np.testing.assert_array_equal(slots[s.name][i].get(), row[k], err_msg=f"{s.name} of {i}")
+
+
+def test_adafactor_class_on_the_gpu_equals_the_numpy_backend_with_clipping_and_amp():
+    """fastopt.Adafactor(backend='cuda') against the same optimizer on the numpy backend: clipping's norm comes from
+    reduce.cu (its own order), so within the usual float32 tolerance; a step with an inf gradient is skipped."""
+    import fastopt
+    rng = np.random.default_rng(32)
+    shapes = [(64, 33), (33,), (2, 3, 40), (1,)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    mine = [cp.asarray(a) for a in start]
+    ref = [a.copy() for a in start]
+    opts = [fastopt.Adafactor(mine, lr=0.05, max_grad_norm=1.0, backend="cuda"),
+            fastopt.Adafactor(ref, lr=0.05, max_grad_norm=1.0, backend="numpy")]
+    for step in range(4):
+        grads_np = [(rng.standard_normal(s) * 4).astype(np.float32) for s in shapes]
+        if step == 2:
+            grads_np[1][3] = np.inf
+        opts[0].step([cp.asarray(g * 8) for g in grads_np], grad_scale=8.0)
+        opts[1].step([g * 8 for g in grads_np], grad_scale=8.0)
+        assert opts[0].last_step_skipped == opts[1].last_step_skipped == (step == 2)
+    tol = TOLERANCES[np.dtype(np.float32)]
+    for a, b in zip(mine, ref):
+        np.testing.assert_allclose(a.get(), b, rtol=tol["rtol"] * 4, atol=tol["atol"] * 4)
+    state = opts[0].state_dict()
+    again = fastopt.Adafactor([cp.asarray(a) for a in start], lr=0.05, backend="cuda")
+    again.load_state_dict(state)
+    for k, v in state["state"].items():
+        for name, value in v.items():
+            np.testing.assert_array_equal(np.asarray(again.state_dict()["state"][k][name]), np.asarray(value))

@@ -1026,16 +1026,23 @@ def test_reduce_arrays_keeps_its_scratch_for_the_same_arrays(fake_cupy):
     monkey.clear()
 
 
-def test_families_with_shaped_slots_are_refused_by_name(fake_cupy):
+def test_families_with_shaped_slots_go_to_their_own_plan(fake_cupy, monkeypatch):
+    """Adafactor (shaped slots) runs in fastopt.backends.cuda_adafactor (tests/test_adafactor_cuda_plan.py runs it);
+    a family with neither generated kernels nor a plan of its own is still refused by name."""
+    import dataclasses
+
+    from fastopt.backends import cuda_adafactor
     from fastopt.backends.cuda import BACKEND
-    shaped = [s for s in SPECS.values() if any(getattr(x, "shape", None) is not None for x in s.slots)]
-    if not shaped:
-        pytest.skip("no registered spec has shaped slots")
-    spec = shaped[0]
+    spec = SPECS["adafactor"]
     assert spec.kernel not in cuda_build.FAMILIES
+    made = []
+    monkeypatch.setattr(cuda_adafactor, "AdafactorPlan", lambda *args: made.append(args) or "its plan")
+    p, var = _FakeArray(np.zeros(4, np.float32)), _FakeArray(np.zeros(4, np.float32))
+    slots = {"row_var": [None], "col_var": [None], "variance": [var]}
+    assert BACKEND.prepare(spec, [p], slots, spec.flags(spec.defaults)) == "its plan"
+    assert made[0][1] == [p] and made[0][2] == slots
     with pytest.raises(NotImplementedError, match="cuda backend"):
-        BACKEND.prepare(spec, [_FakeArray(np.zeros(4, np.float32))], {s.name: None for s in spec.slots},
-                        spec.flags(spec.defaults))
+        BACKEND.prepare(dataclasses.replace(spec, kernel="nokernels"), [p], slots, spec.flags(spec.defaults))
 
 
 # ---- the capturable step through the stand-in -----------------------------------------------------------------------

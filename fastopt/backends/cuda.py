@@ -25,7 +25,12 @@ scratch (partials, reduced values, per-tensor scalars) is allocated at prepare t
 AMP's non-finite count) and `reduce_arrays` (fastopt.clip_grad_norm_) are one multi-tensor pass of
 kernels/cuda/reduce.cu (two launches) and one copy of the per-tensor values to the host. Every reduction is
 deterministic, bitwise the same run to run, in the order kernels/cuda/common.cuh states (fo_block_reduce; within the
-bound tests/test_cuda_reduce.py derives of fastopt.reference's order). Specs with shaped slots (Adafactor) are refused.
+bound tests/test_cuda_reduce.py derives of fastopt.reference's order).
+
+Shaped state (Adafactor: row_var / col_var / variance shaped unlike the params) has its own plan,
+fastopt.backends.cuda_adafactor.AdafactorPlan (`prepare` routes to it): the kernels of kernels/cuda/adafactor.cu in
+nine launches a step on the same stream, tables and float64 scratch at prepare time, the grads' pointers rewritten
+only when their addresses change; float32 and float64 params (TypeError for the half types); not capturable.
 
 Streams: the launch goes to torch's current stream when the params are torch tensors (the backward pass that wrote
 the grads ran there), else to CuPy's current stream. Before the grads' table is rewritten on one stream while the

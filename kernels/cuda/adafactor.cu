@@ -1,7 +1,7 @@
 // fastopt: Adafactor (fastopt/optimizers/adafactor.py) as CUDA kernels, in the phases of the cpu kernels
 // (kernels/cpu/adafactor.py) and with the reference's fixed-order float64 sums, so that the host build matches the
-// NumPy reference bit for bit (tests/test_adafactor_cuda_host.py). Not wired into the cuda backend yet, which refuses
-// Adafactor; what wiring it needs is said in that test's docstring.
+// NumPy reference bit for bit (tests/test_adafactor_cuda_host.py). The cuda backend launches them from
+// fastopt/backends/cuda_adafactor.py (its tables are the ones described below).
 //
 // P = C = float or double (no half types yet). Every kernel is grid-stride, uses no shared memory, barrier, warp
 // operation or atomic, and no two threads write the same value, so fo_host_launch's one-thread-after-another
