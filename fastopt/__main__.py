@@ -143,6 +143,10 @@ def smoke(families, dtypes, sizes, steps, pool=True) -> int:
                             got_f = got.astype(np.float64)
                         if not (np.all(np.isfinite(got_f)) and np.all(got != before)):
                             failures.append(f"{spec.name} {hyper} {dtype} {'flat' if flat else 'table'} tensor {t}")
+    if not families or "adafactor" in families:   # shaped state: its own plan (fastopt.backends.cuda_adafactor)
+        from fastopt.backends import cuda_adafactor
+        more, failed = cuda_adafactor.smoke(dtypes, sizes, steps, rng)
+        runs, failures = runs + more, failures + failed
     for f in failures:
         print(f"smoke: FAIL {f}")
     print(f"smoke: {runs} runs ({steps} steps each, sizes {list(sizes)}), {len(failures)} failed")

@@ -331,3 +331,23 @@ def test_the_optimizer_steps_skips_on_found_inf_and_round_trips_its_state(arrays
     kinds = [k for k, _, _ in arrays.launches]
     assert kinds.count("apply") == 5 and kinds.count("partials") == 5   # AdafactorPlan's steps (one skipped), and
     # AMP's count of non-finite gradients (reduce.cu) before each step that had a grad_scale
+
+
+def test_smoke_runs_through_the_stand_in_and_catches_untouched_elements(arrays):
+    """`python -m fastopt smoke`'s Adafactor part (cuda_adafactor.smoke): passes on the real plan; with no step
+    taken every tensor is reported (so a kernel that skipped elements would be)."""
+    runs, failures = cuda_adafactor.smoke(["float16", "float32", "float64"], [1, 3, 40], 2, np.random.default_rng(0))
+    assert runs == 4 and failures == []
+    runs, failures = cuda_adafactor.smoke(["float32"], [1, 3], 0, np.random.default_rng(0))
+    assert runs == 2 and len(failures) == 2 * (2 + 4)   # two vectors, a 0-d scalar, two matrices, a 3-D tensor
+
+
+def test_the_optimizer_refuses_half_params_naming_the_dtype_and_changes_nothing(arrays):
+    import fastopt
+    p = _CupyLike(np.full((3, 4), 0.5, np.float16))
+    opt = fastopt.Adafactor([p], backend="cuda")
+    for _ in range(2):   # the same answer again: nothing cached from the failed step
+        with pytest.raises(TypeError, match="float16"):
+            opt.step([_CupyLike(np.ones((3, 4), np.float16))])
+    assert np.all(p.a == np.float16(0.5)) and arrays.launches == []
+    assert opt.state_dict()["state"] == {}

@@ -310,3 +310,35 @@ class AdafactorPlan:
         if self._grad_reducer is None:
             self._grad_reducer = cuda._Reducer(self.device, self.key, self.sizes)
         return self._grad_reducer.run(tuple(int(v.data.ptr) for v in views), op, power, grad_scale, self._stream())
+
+
+def smoke(dtypes, sizes, steps, rng) -> tuple[int, list[str]]:
+    """`python -m fastopt smoke` for Adafactor (float32, float64 among `dtypes`): vectors of `sizes`, a 0-d scalar,
+    matrices and a 3-D tensor whose rows and columns follow from `sizes`, defaults and weight decay with maximize;
+    every param element must change and stay finite. Returns (runs, failures)."""
+    from fastopt.specs import SPECS
+
+    cp = cuda._cp()
+    spec = SPECS[FAMILY]
+    shapes = [(n,) for n in sizes] + [(), (max(sizes), 3), (7, max(sizes)), (2, 33, 65)]
+    runs, failures = 0, []
+    for dtype in [d for d in dtypes if d in CTYPES]:
+        for hyper in (spec.normalize(spec.defaults), spec.normalize({**spec.defaults, "weight_decay": 0.05,
+                                                                     "maximize": True})):
+            # |p| in [0.01, 0.1) and grads of fixed sign: every step moves every element
+            signs = [np.asarray(np.where(rng.random(s) < 0.5, -1.0, 1.0), dtype=dtype) for s in shapes]
+            start = [np.asarray(rng.uniform(0.01, 0.1, s) * g, dtype=dtype) for s, g in zip(shapes, signs)]
+            params = [cp.asarray(p) for p in start]
+            slots = {s.name: [None if shape is None else cp.zeros(shape, dtype)
+                              for shape in (s.shape_for(p.shape, hyper) for p in start)] for s in spec.slots}
+            plan = AdafactorPlan(spec, params, slots, spec.flags(hyper))
+            grads = [cp.asarray(g) for g in signs]
+            for step in range(1, steps + 1):
+                plan.run(grads, spec.scalars(hyper, step))
+            cp.cuda.get_current_stream().synchronize()
+            runs += 1
+            for t, (before, after) in enumerate(zip(start, params)):
+                got = cp.asnumpy(after)
+                if not (np.all(np.isfinite(got)) and np.all(got != before)):
+                    failures.append(f"adafactor {hyper} {dtype} tensor {t} {before.shape}")
+    return runs, failures
