@@ -80,10 +80,19 @@ def test_cuda_source_declares_what_the_declaration_says(family):
               f"C {', '.join(fam.scalar_names)};"
     assert members in text
     assert fam.kernel_scalars == (*fam.scalar_names, "unscale_by", "clip_coef")   # the gradient transform last
+    scalars = ", ".join(f"C {s}" for s in fam.kernel_scalars)
+    if fam.reductions:
+        # kernel contract v2: the reductions' pass, their combine into per-tensor scalars, and a table update reading
+        # them by the chunk's tensor; no flat entry (a flat pass does not know its tensors)
+        assert f"fo_{family}_flat(" not in text
+        assert f"fo_{family}_reduce(FO_TABLE_PARAMS, {scalars}, double* __restrict__ fo_partials)" in text
+        assert f"fo_{family}_combine(" in text
+        assert f"fo_{family}_table(FO_TABLE_PARAMS, {scalars}, const C* __restrict__ fo_ts)" in text
+        return
     flat_params = ", ".join(["P* param", "const P* grad", *(f"C* {s}" for s in fam.slot_names), "long long n",
                              *(f"C {s}" for s in fam.kernel_scalars)])
     assert f"fo_{family}_flat({flat_params})" in text
-    assert f"fo_{family}_table(FO_TABLE_PARAMS, {', '.join(f'C {s}' for s in fam.kernel_scalars)})" in text
+    assert f"fo_{family}_table(FO_TABLE_PARAMS, {scalars})" in text
 
 
 def test_reference_driver_runs_a_family_over_tensors_and_refuses_unknown_ones():
