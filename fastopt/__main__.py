@@ -63,7 +63,11 @@ def check_kernels(archs) -> int:
 def check_nvrtc(archs) -> int:
     from fastopt import cuda_build
 
-    return cuda_build.check_nvrtc(archs=tuple(archs))
+    status = cuda_build.check_nvrtc(archs=tuple(archs))
+    if status != 2:   # NVRTC loads: Adafactor's kernels too (their own module, fastopt.backends.cuda_adafactor)
+        from fastopt.backends import cuda_adafactor
+        status = max(status, cuda_adafactor.check_nvrtc(tuple(archs)))
+    return status
 
 
 def _split(arrays_np, flat, upload):

@@ -351,3 +351,19 @@ def test_the_optimizer_refuses_half_params_naming_the_dtype_and_changes_nothing(
             opt.step([_CupyLike(np.ones((3, 4), np.float16))])
     assert np.all(p.a == np.float16(0.5)) and arrays.launches == []
     assert opt.state_dict()["state"] == {}
+
+
+needs_nvrtc = pytest.mark.skipif(cuda_build.nvrtc_version() is None, reason="CuPy's NVRTC bindings cannot load NVRTC")
+
+
+@needs_nvrtc
+def test_the_plans_source_compiles_through_nvrtc_as_cupy_would(monkeypatch):
+    """What the plan's RawModule compiles, with CuPy's options and these name expressions, for sm_80 and sm_90 (the
+    PTX through ptxas without spills where ptxas is new enough); a scalars' layout other than the struct's fails."""
+    import io
+    out = io.StringIO()
+    assert cuda_adafactor.check_nvrtc(("sm_80", "sm_90"), out) == 0, out.getvalue()
+    assert out.getvalue().count("13 kernels") == 2
+    monkeypatch.setattr(cuda_adafactor, "SCALARS", np.dtype(cuda_adafactor.SCALARS.descr[:5] + [("x", "i4")]))
+    with pytest.raises(RuntimeError, match="fo_ada_scalars differs"):
+        cuda_adafactor.nvrtc_compile("sm_90")

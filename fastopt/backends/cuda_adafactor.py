@@ -46,9 +46,16 @@ def source() -> str:
     """adafactor.cu with common.cuh spliced in and a content hash on top (CuPy's cache key ignores includes)."""
     d = cuda_build.kernel_dir()
     text = (d / f"{FAMILY}.cu").read_text()
-    body = _INCLUDE.sub(lambda m: (d / "common.cuh").read_text(), text, count=1)
+    body = _INCLUDE.sub(lambda m: (d / "common.cuh").read_text(), text, count=1) + _layout_asserts()
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
     return f"// fastopt kernel family {FAMILY}, source sha256 {digest}\n{body}"
+
+
+def _layout_asserts() -> str:
+    """A static_assert that fo_ada_scalars has SCALARS' size and alignment (NVRTC has no offsetof; the fields' offsets
+    are checked by the host build, which reads SCALARS' bytes as the struct: tests/test_adafactor_cuda_plan.py)."""
+    return (f"\nstatic_assert(sizeof(fo_ada_scalars) == {SCALARS.itemsize} && alignof(fo_ada_scalars) == "
+            f"{SCALARS.alignment}, \"fo_ada_scalars differs from fastopt.backends.cuda_adafactor.SCALARS\");\n")
 
 
 def kernel_name(kind: str, dtype: str) -> str:
@@ -342,3 +349,70 @@ def smoke(dtypes, sizes, steps, rng) -> tuple[int, list[str]]:
                 if not (np.all(np.isfinite(got)) and np.all(got != before)):
                     failures.append(f"adafactor {hyper} {dtype} tensor {t} {before.shape}")
     return runs, failures
+
+
+def nvrtc_compile(arch: str, ptx: bool = False):
+    """source() through CuPy's NVRTC bindings with the options CuPy passes (fastopt.cuda_build.cupy_nvrtc_options),
+    as the plan's RawModule compiles it; no device needed. Returns (cubin or PTX, {name expression: lowered})."""
+    from cupy.cuda import nvrtc
+
+    options = cuda_build.cupy_nvrtc_options(arch)
+    if ptx:
+        options = tuple(o.replace("-arch=sm_", "-arch=compute_") for o in options)
+    prog = nvrtc.createProgram(source(), f"{FAMILY}.cu", [], [])
+    try:
+        for name in name_expressions():
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, list(options))
+        except Exception as error:  # NVRTCError: report it with the compiler's log
+            raise RuntimeError(f"NVRTC rejected {FAMILY} for {arch}: {error}\n{nvrtc.getProgramLog(prog)}") from error
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in name_expressions()}
+        return (nvrtc.getPTX(prog) if ptx else nvrtc.getCUBIN(prog)), lowered
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def check_nvrtc(archs, out=None) -> int:
+    """`python -m fastopt check-nvrtc` for Adafactor (its kernels are not in fastopt.cuda_build's generated modules):
+    per arch, the cubin and every name lowered, and the PTX through ptxas -v without spills where ptxas is at least
+    as new as NVRTC. 0 when all passed, 1 otherwise."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    out = out or sys.stdout
+    nvcc = cuda_build.find_nvcc()
+    ptxas = str(Path(nvcc).parent / "ptxas") if nvcc else None
+    version = cuda_build.nvrtc_version()
+    ptxas_version = cuda_build._ptxas_version(ptxas) if ptxas and Path(ptxas).is_file() else None
+    status = 0
+    for arch in archs:
+        try:
+            cubin, lowered = nvrtc_compile(arch)
+        except RuntimeError as error:
+            print(error, file=out)
+            status = 1
+            continue
+        bad = [n for n, low in lowered.items() if not low.startswith("_Z")]
+        line = f"{FAMILY:9} {arch}: {len(lowered)} kernels, cubin {len(cubin)} bytes"
+        if bad:
+            line, status = line + f"  <-- FAIL: names not lowered {bad[:2]}", 1
+        if version is not None and ptxas_version is not None and ptxas_version >= version:
+            code, _ = nvrtc_compile(arch, ptx=True)
+            with tempfile.TemporaryDirectory(prefix="fastopt-nvrtc-") as tmp:
+                src = Path(tmp) / f"{FAMILY}.ptx"
+                src.write_bytes(code)
+                proc = subprocess.run([ptxas, f"-arch={arch}", "-v", "-o", str(Path(tmp) / "out.cubin"), str(src)],
+                                      capture_output=True, text=True)
+            info = cuda_build._parse_ptxas(proc.stdout + proc.stderr)
+            regs = [d["registers"] for d in info.values() if d["registers"] >= 0]
+            spills = sum(d["spill_stores"] + d["spill_loads"] for d in info.values())
+            line += (f"; ptxas: {len(regs)} entries, registers {min(regs, default=0)}-{max(regs, default=0)}, "
+                     f"spill bytes {spills}")
+            if proc.returncode != 0 or spills or len(regs) != len(lowered):
+                line, status = line + "  <-- FAIL", 1
+        print(line, file=out)
+    print(f"check-nvrtc ({FAMILY}): {'ok' if status == 0 else 'FAILED'}", file=out)
+    return status
