@@ -367,3 +367,33 @@ def test_the_plans_source_compiles_through_nvrtc_as_cupy_would(monkeypatch):
     monkeypatch.setattr(cuda_adafactor, "SCALARS", np.dtype(cuda_adafactor.SCALARS.descr[:5] + [("x", "i4")]))
     with pytest.raises(RuntimeError, match="fo_ada_scalars differs"):
         cuda_adafactor.nvrtc_compile("sm_90")
+
+
+def test_torch_arrays_launch_on_torchs_stream_and_new_grads_wait_for_the_last_step(stand_in, monkeypatch):
+    """Every launch on torch's current stream for torch tensors (CuPy's otherwise, as every cuda plan); grads at new
+    addresses on another stream: their pointers are written only after an event of the last step's stream."""
+    from fastopt.backends import cuda as cuda_backend
+    from fastopt.backends.cuda import BACKEND
+    torch = fake._FakeTorch()
+    monkeypatch.setattr(cuda_backend, "_torch", lambda: torch)
+    hyper = SPEC.normalize(SPEC.defaults)
+    params, slots, grads = _problem(np.float32, hyper, seed=10, shapes=[(4, 5), (6,)])
+    views = [BACKEND.as_array(fake._TorchLikeTensor(p.copy(), requires_grad=True)) for p in params]
+    _, d_slots = _device(params, slots)
+    plan = BACKEND.prepare(SPEC, views, d_slots, ())
+    fake._LOG.clear()
+    plan.run([BACKEND.as_array(fake._TorchLikeTensor(g.copy())) for g in grads[0]], SPEC.scalars(hyper, 1))
+    assert fake._LOG[0] == ("set", 0xA000)
+    assert {e[3] for e in fake._LOG[1:]} == {0xA000} and len(fake._LOG) == 1 + 9
+    torch.stream_handle = 0xB000
+    fake._LOG.clear()
+    plan.run([BACKEND.as_array(fake._TorchLikeTensor(g.copy())) for g in grads[1]], SPEC.scalars(hyper, 2))
+    assert fake._LOG[:3] == [("record", 0xA000), ("wait", 0xB000, 0xA000), ("set", 0xB000)]
+    assert {e[3] for e in fake._LOG[3:]} == {0xB000}
+    with fake._FakeStream(0x51):   # CuPy's current stream is not torch's: the launches stay on torch's
+        plan.run([BACKEND.as_array(fake._TorchLikeTensor(g.copy())) for g in grads[2]], SPEC.scalars(hyper, 3))
+    assert fake._LOG[-1][3] == 0xB000
+    for t, g in enumerate(grads):
+        _reference_step(params, slots, g, hyper, t + 1, None, None)
+    for got, want in zip(views, params):
+        np.testing.assert_array_equal(got.a, want)

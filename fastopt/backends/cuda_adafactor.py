@@ -1,7 +1,7 @@
 """The cuda backend's plan for Adafactor (shaped state): the kernels of kernels/cuda/adafactor.cu, launched in the
 order tests/test_adafactor_cuda_host.py checks bit for bit against the NumPy reference through the host build.
 
-`fastopt.backends.cuda.CudaBackend.prepare` hands specs with shaped slots here. At prepare time the plan builds, once,
+`fastopt.backends.cuda.CudaBackend.prepare` hands Adafactor here. At prepare time the plan builds, once,
 the int64 tables adafactor.cu reads (tensors, the pointer table, the reduction segments of both passes with their
 outputs, the column blocks, the factored tensors, the update's chunks), uploads them, and allocates the float64
 scratch (lanes, per-tensor and per-row sums, column partials) and the per-slice means and per-tensor factors in the
@@ -222,7 +222,7 @@ class AdafactorPlan:
             return max(1, min(-(-threads // B), resident[kind]))
 
         i64 = np.int64
-        # (kernel, blocks, args without the scalars' struct, whether the struct goes before the last argument)
+        # (kernel, blocks, args): None marks where the step's scalars (the struct) go
         L = []
         if len(segs1):
             L += [(k["lanes"], grid("lanes", len(segs1) * LANES),
