@@ -397,3 +397,19 @@ def test_torch_arrays_launch_on_torchs_stream_and_new_grads_wait_for_the_last_st
         _reference_step(params, slots, g, hyper, t + 1, None, None)
     for got, want in zip(views, params):
         np.testing.assert_array_equal(got.a, want)
+
+
+def test_the_plans_tables_are_those_the_host_build_test_checks():
+    """build_tables (vectorised) gives exactly the tables of tests/test_adafactor_cuda_host.py's _Tables."""
+    hyper = SPEC.normalize(SPEC.defaults)
+    params = [np.zeros(s, np.float32) for s in SHAPES]
+    rows = [reference.new_slots(SPEC, p, hyper) for p in params]
+    want = host._Tables(params, {s.name: [row[k] for row in rows] for k, s in enumerate(SPEC.slots)})
+    got = cuda_adafactor.build_tables(SHAPES, 1000)
+    np.testing.assert_array_equal(got["tensors"], want.tensors)
+    for mine, theirs in ((got["pass1"], want.pass1), (got["pass2"], want.pass2)):
+        np.testing.assert_array_equal(mine[0], theirs[0])
+        np.testing.assert_array_equal(mine[1], theirs[1])
+    for name in ("cblocks", "ftensors", "chunks"):
+        np.testing.assert_array_equal(got[name], getattr(want, name), err_msg=name)
+    assert got["rows"] == want.rows and got["colpart"] == want.colpart.size

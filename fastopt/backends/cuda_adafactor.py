@@ -84,12 +84,12 @@ def _module():
 
 # ---- the tables (host side, once per plan) --------------------------------------------------------------------------
 
-def _segments(groups):
-    """Segments (tensor, first element, length, term) of every output in order, and out_begin (one more entry)."""
-    counts = [len(g) for g in groups]
-    segs = np.concatenate([g for g in groups if len(g)]) if any(counts) else np.zeros((0, 4), np.int64)
-    begin = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return segs.astype(np.int64).reshape(-1, 4), begin
+def _segments(blocks):
+    """Segments (tensor, first element, length, term) of every output in order, and out_begin (one more entry).
+    `blocks`: arrays (outputs, segments each, 4), in output order."""
+    counts = np.concatenate([np.full(b.shape[0], b.shape[1], np.int64) for b in blocks])
+    segs = np.concatenate([b.reshape(-1, 4) for b in blocks])
+    return segs, np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
 
 
 def _runs(t, first, size, term, chunk=REDUCE_CHUNK):
@@ -101,11 +101,10 @@ def _runs(t, first, size, term, chunk=REDUCE_CHUNK):
 
 
 def _row_groups(t, rows, n, term):
-    """Per row of a factored tensor (rows x n), its segments: one group per row, each the same number of pieces."""
-    piece = _runs(t, 0, n, term)
-    segs = np.repeat(piece[None], rows, axis=0)
+    """Each row of a factored tensor (rows x n) as one output: (rows, pieces of a row, 4)."""
+    segs = np.repeat(_runs(t, 0, n, term)[None], rows, axis=0)
     segs[:, :, 1] += (np.arange(rows, dtype=np.int64) * n)[:, None]
-    return list(segs)
+    return segs
 
 
 def build_tables(shapes, chunk_elems):
@@ -116,14 +115,14 @@ def build_tables(shapes, chunk_elems):
     row_total = cp_total = slice_total = 0
     for t, shape in enumerate(shapes):
         size = int(np.prod(shape, dtype=np.int64))
-        pp_groups.append(_runs(t, 0, size, 0))
+        pp_groups.append(_runs(t, 0, size, 0)[None])
         if len(shape) >= 2 and size:
             B, m, n = int(np.prod(shape[:-2], dtype=np.int64)), int(shape[-2]), int(shape[-1])
             per = block_rows(m, n)
             nblocks = -(-m // per)
             tensors[t] = (size, B, m, n, row_total, cp_total, slice_total, nblocks)
-            rows1 += _row_groups(t, B * m, n, 1)
-            rows2 += _row_groups(t, B * m, n, 2)
+            rows1.append(_row_groups(t, B * m, n, 1))
+            rows2.append(_row_groups(t, B * m, n, 2))
             r0 = np.arange(0, m, per, dtype=np.int64)
             s = np.repeat(np.arange(B, dtype=np.int64), nblocks)
             k = np.tile(np.arange(nblocks, dtype=np.int64), B)
@@ -133,10 +132,10 @@ def build_tables(shapes, chunk_elems):
             row_total += B * m
             cp_total += B * nblocks * n
             slice_total += B
-            vec2.append(np.zeros((0, 4), np.int64))
+            vec2.append(np.zeros((1, 0, 4), np.int64))   # no vector: an empty output
         else:
             tensors[t] = (size, 0, 0, 0, 0, 0, 0, 0)
-            vec2.append(_runs(t, 0, size, 3))
+            vec2.append(_runs(t, 0, size, 3)[None])
     chunks = [_runs(t, 0, int(tensors[t, 0]), 0, chunk_elems)[:, :3] for t in range(T) if tensors[t, 0]]
     return dict(
         tensors=tensors, rows=row_total, colpart=cp_total, slices=slice_total,
