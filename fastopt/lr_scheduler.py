@@ -84,6 +84,13 @@ def _set(group: dict, key: str, value) -> None:
         group[key] = value
 
 
+def _written(optimizer) -> None:
+    """After setting lrs: a capturable optimizer (cuda, CUDA graphs) copies them to the device buffers its captured
+    step reads, so the next replay uses them (Optimizer.write_hyperparameters); nothing for the others."""
+    if getattr(optimizer, "capturable", False):
+        optimizer.write_hyperparameters()
+
+
 # ---- the base class ---------------------------------------------------------------------------------------------
 
 class LRScheduler:
@@ -136,6 +143,7 @@ class LRScheduler:
             values = closed() if closed is not None else self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             _set(group, "lr", lr)
+        _written(self.optimizer)
         self._last_lr = _lrs(self.optimizer)
 
     def state_dict(self) -> dict:
@@ -336,6 +344,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self.last_epoch = math.floor(epoch)
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             _set(group, "lr", lr)
+        _written(self.optimizer)
         self._last_lr = _lrs(self.optimizer)
 
 
@@ -556,6 +565,7 @@ class ReduceLROnPlateau(LRScheduler):
             new = max(old * self.factor, self.min_lrs[i])
             if old - new > self.eps:
                 _set(group, "lr", new)
+        _written(self.optimizer)
 
     def _is_better(self, a, best) -> bool:
         if self.mode == "min":

@@ -741,8 +741,9 @@ def _make_class(class_name: str, spec: OptimizerSpec, overrides: dict):
         [P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD)]
         + [P(n, P.POSITIONAL_OR_KEYWORD, default=defaults[n]) for n in positional]
         + [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in keyword]
-        + [P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("norm_type", P.KEYWORD_ONLY, default=2.0)]
-        + [P("backend", P.KEYWORD_ONLY, default=None)])   # capturable (keyword-only) is named in the docstring
+        + [P("max_grad_norm", P.KEYWORD_ONLY, default=None), P("norm_type", P.KEYWORD_ONLY, default=2.0),
+           P("capturable", P.KEYWORD_ONLY, default=False)]
+        + [P("backend", P.KEYWORD_ONLY, default=None)])
 
     def __init__(self, params, *args, backend=None, max_grad_norm=None, norm_type=2.0, capturable=False,
                  **hyperparameters):

@@ -29,10 +29,11 @@ def test_classes_have_real_signatures_from_the_spec(name):
     assert parameters[0].name == "params"
     assert parameters[1].name == "lr" and parameters[1].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert parameters[-1].name == "backend" and parameters[-1].kind is inspect.Parameter.KEYWORD_ONLY
-    clipping = parameters[-3:-1]  # every optimizer: clipping by the total norm, keyword-only
-    assert [(p.name, p.default, p.kind) for p in clipping] == [
-        ("max_grad_norm", None, inspect.Parameter.KEYWORD_ONLY), ("norm_type", 2.0, inspect.Parameter.KEYWORD_ONLY)]
-    defaults = {p.name: p.default for p in parameters[1:-3]}
+    common = parameters[-4:-1]  # every optimizer: clipping by the total norm and capturable, keyword-only
+    assert [(p.name, p.default, p.kind) for p in common] == [
+        ("max_grad_norm", None, inspect.Parameter.KEYWORD_ONLY), ("norm_type", 2.0, inspect.Parameter.KEYWORD_ONLY),
+        ("capturable", False, inspect.Parameter.KEYWORD_ONLY)]
+    defaults = {p.name: p.default for p in parameters[1:-4]}
     assert defaults == {**cls.spec.defaults, **cls.default_overrides}
     assert f"{cls.__name__}(params, lr=" in pydoc.render_doc(cls)  # help() shows it
 

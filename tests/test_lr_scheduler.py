@@ -143,3 +143,39 @@ def test_one_cycle_refuses_to_step_past_its_end():
         sched.step()
     with pytest.raises(ValueError, match="total_steps"):
         sched.step()
+
+
+class _CapturableStandIn:
+    """What a scheduler sees of a capturable optimizer (cuda, CUDA graphs): param_groups and write_hyperparameters,
+    which copies the lrs to the device buffers a captured step reads."""
+
+    def __init__(self, capturable):
+        self.capturable = capturable
+        self.param_groups = [{"lr": 0.1}, {"lr": 0.2}]
+        self.written = []
+
+    def write_hyperparameters(self):
+        self.written.append([g["lr"] for g in self.param_groups])
+
+
+@pytest.mark.parametrize("make", [
+    lambda opt: lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    lambda opt: lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3),
+])
+def test_a_capturable_optimizer_gets_every_new_lr_written_to_the_device(make):
+    opt = _CapturableStandIn(capturable=True)
+    scheduler = make(opt)
+    before = len(opt.written)
+    scheduler.step()
+    assert len(opt.written) == before + 1 and opt.written[-1] == [g["lr"] for g in opt.param_groups]
+    plain = _CapturableStandIn(capturable=False)
+    make(plain).step()
+    assert plain.written == []
+
+
+def test_reduce_on_plateau_writes_a_reduced_lr_to_a_capturable_optimizer():
+    opt = _CapturableStandIn(capturable=True)
+    scheduler = lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    scheduler.step(1.0)
+    scheduler.step(2.0)   # worse: reduced
+    assert opt.written and opt.written[-1] == [0.1 * 0.1, 0.2 * 0.1]
