@@ -57,7 +57,11 @@ def info() -> int:
 def check_kernels(archs) -> int:
     from fastopt import cuda_build
 
-    return cuda_build.check_kernels(archs=tuple(archs))
+    status = cuda_build.check_kernels(archs=tuple(archs))
+    if status != 2:   # nvcc found: Adafactor's kernels too (their own module, fastopt.backends.cuda_adafactor)
+        from fastopt.backends import cuda_adafactor
+        status = max(status, cuda_adafactor.check_kernels(tuple(archs)))
+    return status
 
 
 def check_nvrtc(archs) -> int:

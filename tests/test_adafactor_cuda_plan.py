@@ -413,3 +413,13 @@ def test_the_plans_tables_are_those_the_host_build_test_checks():
     for name in ("cblocks", "ftensors", "chunks"):
         np.testing.assert_array_equal(got[name], getattr(want, name), err_msg=name)
     assert got["rows"] == want.rows and got["colpart"] == want.colpart.size
+
+
+@pytest.mark.skipif(cuda_build.find_nvcc() is None, reason="no nvcc")
+def test_check_kernels_compiles_every_kernel_without_spills():
+    """`python -m fastopt check-kernels`' Adafactor part: the plan's source through nvcc, one line per kernel."""
+    import io
+    out = io.StringIO()
+    assert cuda_adafactor.check_kernels(("sm_90",), out) == 0, out.getvalue()
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("sm_90")]
+    assert sorted(line.split()[2] for line in lines) == sorted(cuda_adafactor.name_expressions())

@@ -421,3 +421,46 @@ def check_nvrtc(archs, out=None) -> int:
         print(line, file=out)
     print(f"check-nvrtc ({FAMILY}): {'ok' if status == 0 else 'FAILED'}", file=out)
     return status
+
+
+def check_kernels(archs, out=None) -> int:
+    """`python -m fastopt check-kernels` for Adafactor: source() through nvcc (-cubin, -ftz=true and the device options,
+    as fastopt.cuda_build.compile_family does for the generated families) per arch, one line per kernel with its
+    registers and spills. 0 when every kernel compiled without spills, 1 otherwise, 2 without nvcc."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    out = out or sys.stdout
+    nvcc = cuda_build.find_nvcc()
+    if nvcc is None:
+        print(f"check-kernels ({FAMILY}): nvcc not found", file=out)
+        return 2
+    status = 0
+    for arch in archs:
+        with tempfile.TemporaryDirectory(prefix="fastopt-nvcc-") as tmp:
+            src = Path(tmp) / f"{FAMILY}.cu"
+            src.write_text(source())
+            proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-ftz=true",
+                                   *cuda_build.DEVICE_OPTIONS, "-o", str(Path(tmp) / "out.cubin"), str(src)],
+                                  capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"nvcc failed for {FAMILY} {arch} (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}", file=out)
+            status = 1
+            continue
+        info = cuda_build._parse_ptxas(proc.stdout + proc.stderr)
+        names = cuda_build._demangle(list(info))
+        for mangled, d in sorted(info.items(), key=lambda item: names[item[0]]):
+            bad = d["spill_stores"] or d["spill_loads"]
+            name = names[mangled].split("(")[0].removeprefix("void ")
+            print(f"{arch:6} {FAMILY:9} {name:36} regs={d['registers']:3d} "
+                  f"spill={d['spill_stores']}/{d['spill_loads']} stack={d['stack']}{'  <-- FAIL' if bad else ''}",
+                  file=out)
+            status = max(status, int(bool(bad)))
+        if len(info) != len(name_expressions()):
+            print(f"{arch} {FAMILY}: ptxas reported {len(info)} kernels, expected {len(name_expressions())}  <-- FAIL",
+                  file=out)
+            status = 1
+    print(f"check-kernels ({FAMILY}): {'ok' if status == 0 else 'FAILED'}", file=out)
+    return status
