@@ -24,3 +24,23 @@ struct fo_adopt_op {
         p = p - lr * u;
     }
 };
+
+// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as
+// fastopt.optimizers.adopt._scalars computes them on the host (tests/test_capturable.py).
+struct fo_adopt_scalars {
+    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
+    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
+        const bool first = step == 1;   // optax: b1 -> 1 and b2 -> 0 on the first step (count == 0)
+        const double b1 = first ? 1.0 : betas_0;
+        const double b2 = first ? 0.0 : betas_1;
+        out[0] = maximize != 0.0 ? -1.0 : 1.0;
+        out[1] = lr;
+        out[2] = weight_decay;
+        out[3] = b1;
+        out[4] = 1.0 - b1;
+        out[5] = b2;
+        out[6] = 1.0 - b2;
+        out[7] = eps;
+        out[8] = pow((double)(step - 1), 0.25);   // optax's clip value count ** 0.25, count = step - 1
+    }
+};
