@@ -216,13 +216,6 @@ def test_bad_hyperparameters_are_refused_naming_them():
             fastopt.Adafactor(params, **bad)
 
 
-def test_cuda_backend_refuses_adafactor_at_prepare():
-    from fastopt.backends.cuda import BACKEND
-
-    with pytest.raises(NotImplementedError, match="cuda backend"):
-        BACKEND.prepare(SPEC, [], {s.name: None for s in SPEC.slots}, ())
-
-
 def test_functional_state_is_shaped():
     params, grads = _draw([(4, 6), (5,)], np.float32, 2, seed=8)
     state = functional.init_state("adafactor", params)

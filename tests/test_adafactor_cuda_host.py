@@ -4,11 +4,8 @@ gradient transform, over shapes that reach every branch (vectors, a 0-d scalar, 
 edges, 3-D tensors, a row longer than a reduction chunk, many column blocks). And the source compiles with nvcc for
 sm_80 and sm_90 when nvcc is here.
 
-The kernels are not wired into the cuda backend, which refuses Adafactor at prepare time. Wiring them needs a cuda
-Plan (fastopt/backends/cuda.py) that does once per plan what `_Tables` below does (the int64 tables, uploaded, and
-the float64 scratch: lanes, out, colpart, rmean, factors), then per step the launches of `_step` on one stream, with
-the grad pointers refreshed when the grads change; plus fo_adafactor_* in fastopt.cuda_build's names and
-instantiations (they do not follow the generated flat/table convention), and the half types (P != C) if wanted.
+fastopt/backends/cuda_adafactor.py launches them on the cuda backend; its `build_tables` gives exactly `_Tables`'
+tables (tests/test_adafactor_cuda_plan.py).
 """
 
 from __future__ import annotations
