@@ -65,7 +65,7 @@ def _hypers(spec, rng, count=6):
 
 def test_the_capturable_families_are_adam_and_sgd_at_least():
     assert {"adam", "adamw", "sgd", "adagrad", "rmsprop", "adadelta", "adamax", "lion", "signum", "yogi",
-            "adabelief", "rprop", "lamb", "lars", "radam", "adan", "adopt", "ademamix"} <= set(CAPTURABLE)
+            "adabelief", "rprop", "lamb", "lars", "radam", "adopt", "ademamix"} <= set(CAPTURABLE)
     assert not any(SPECS[n].host_state for n in CAPTURABLE)   # host state (NAdam, ASGD, schedule-free): host-side
 
 

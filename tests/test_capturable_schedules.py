@@ -64,7 +64,6 @@ def test_device_scalars_are_pythons_through_the_schedules(name, hypers):
     ("ademamix", {"alpha": 2.0, "alpha_warmup": 3, "beta3_warmup": 5, "betas": (0.5, 0.99, 0.999)}),
     ("ademamix", {"alpha_warmup": 20, "beta3_warmup": 6, "betas": (0.0, 0.99, 0.999), "weight_decay": 0.01}),
     ("radam", {"betas": (0.8, 0.75), "decoupled_weight_decay": True, "weight_decay": 0.01}),
-    ("adopt", {"nesterov": True, "use_clipping": True, "weight_decay": 0.01}),
-    ("adan", {"maximize": True, "weight_decay": 0.01})])
+    ("adopt", {"nesterov": True, "use_clipping": True, "weight_decay": 0.01})])
 def test_capturable_steps_equal_eager_steps_with_the_schedules_on(fake_cupy, name, hyper, layout):  # noqa: F811
     _stand_in(fake_cupy, name, hyper, layout)

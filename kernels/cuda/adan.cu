@@ -26,27 +26,3 @@ struct fo_adan_op {
         p = p - lr * u;
     }
 };
-
-// The capturable step: the kernel scalars of step `step` from the hyperparameters, in float64, as
-// fastopt.optimizers.adan._scalars computes them on the host (tests/test_capturable.py).
-struct fo_adan_scalars {
-    FO_HYPER_MEMBERS   // generated (fastopt.codegen): NSC and the hyperparameters as double members
-    __device__ __forceinline__ void operator()(long long step, double (&out)[NSC]) const {
-        const double t = (double)step;
-        out[0] = maximize != 0.0 ? -1.0 : 1.0;
-        out[1] = lr;
-        out[2] = weight_decay;
-        out[3] = betas_0;
-        out[4] = 1.0 - betas_0;
-        out[5] = betas_1;
-        out[6] = 1.0 - betas_1;
-        out[7] = betas_2;
-        out[8] = 1.0 - betas_2;
-        out[9] = eps;
-        out[10] = eps_root;
-        out[11] = 1.0 - pow(betas_0, t);
-        out[12] = 1.0 - pow(betas_1, t);
-        out[13] = 1.0 - pow(betas_2, t);
-        out[14] = step == 1 ? 1.0 : 0.0;   // optax takes no gradient difference on the first step
-    }
-};
