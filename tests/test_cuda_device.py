@@ -503,7 +503,9 @@ def _capturable_pair(name, sizes, seed, **hyper):
 
 @pytest.mark.parametrize("name,hyper", [("adam", {"weight_decay": 0.01, "amsgrad": True}),
                                         ("adamw", {}), ("sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
-                                        ("lamb", {"weight_decay": 0.01}), ("lars", {"nesterov": True})])
+                                        ("lamb", {"weight_decay": 0.01}), ("lars", {"nesterov": True}),
+                                        ("radam", {}), ("adopt", {"nesterov": True}),
+                                        ("ademamix", {"alpha_warmup": 3, "beta3_warmup": 4})])
 def test_a_captured_step_replayed_equals_eager_capturable_steps_and_follows_lr(name, hyper):
     pairs, grads_np = _capturable_pair(name, (3, 4097, 70001), 21, **hyper)
     (eager_p, eager), (graph_p, graphed) = pairs

@@ -38,8 +38,9 @@ last launch that read it went to another, the writing stream waits for that laun
 
 Capturable (Optimizer(..., capturable=True) or the functional API's capturable=True; every optimizer whose family
 source declares `fo_<family>_scalars` and keeps no host state, fastopt.cuda_build.is_capturable: Adam, AdamW, SGD,
-Adagrad, RMSprop, Adadelta, Adamax, Lion, Signum, Yogi, AdaBelief, Rprop, LAMB, LARS): by default lr, the bias
-corrections and the other per-step scalars are kernel arguments, which a CUDA graph freezes at capture. A capturable
+Adagrad, RMSprop, Adadelta, Adamax, RAdam, Lion, Signum, Yogi, AdaBelief, ADOPT, AdEMAMix, Rprop, LAMB, LARS): by
+default lr, the bias corrections and the other per-step scalars are kernel arguments, which a CUDA graph freezes at
+capture. A capturable
 plan (`make_capturable`) keeps the step count (int64), the hyperparameters (float64) and the kernel scalars in
 device memory allocated once, and a step is two launches whose arguments never change: `advance` (one thread: step +
 1, then the family's fo_<family>_scalars computes the scalars in float64 from the hyperparameters, as the spec's
