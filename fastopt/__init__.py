@@ -43,5 +43,6 @@ __version__ = "0.1.0"
 globals().update({cls.__name__: cls for cls in OPTIMIZERS.values()})
 
 __all__ = ["OPTIMIZERS", "SPECS", "GradScaler", "Optimizer", "__version__", "amp", "available_backends", "clip",
-           "clip_grad_norm_", "exclude_bias_and_norm", "flatten", "functional", "get_num_threads", "lr_scheduler", "set_num_threads", "threads",
+           "clip_grad_norm_", "exclude_bias_and_norm", "flatten", "functional", "get_num_threads", "lr_scheduler",
+           "set_num_threads", "threads",
            *sorted(cls.__name__ for cls in OPTIMIZERS.values())]

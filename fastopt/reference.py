@@ -37,6 +37,16 @@ def _direction(param, grad, grad_sign, weight_decay):
     return d
 
 
+def _decayed_direction(param, grad, grad_sign, weight_decay, decay_factor, decoupled):
+    """The Adam family's weight decay: decoupled (AdamW) shrinks `param` in place by decay_factor (1 - lr *
+    weight_decay) and leaves the gradient alone; coupled adds weight_decay * param to the gradient (_direction)."""
+    if not decoupled:
+        return _direction(param, grad, grad_sign, weight_decay)
+    if weight_decay != 0:
+        param *= decay_factor
+    return _direction(param, grad, grad_sign, 0.0)
+
+
 def sgd(param, grad, momentum_buffer, lr, grad_sign, weight_decay, momentum, buffer_decay, grad_scale,
         use_momentum, nesterov):
     d = _direction(param, grad, grad_sign, weight_decay)
@@ -82,12 +92,7 @@ def adadelta(param, grad, square_avg, acc_delta, lr, grad_sign, weight_decay, rh
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, grad_sign, weight_decay, beta1, one_minus_beta1,
          beta2, one_minus_beta2, eps, step_size, bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
-    if decoupled:  # AdamW: shrink the parameter, leave the gradient alone
-        if weight_decay != 0:
-            param *= decay_factor
-        d = _direction(param, grad, grad_sign, 0.0)
-    else:
-        d = _direction(param, grad, grad_sign, weight_decay)
+    d = _decayed_direction(param, grad, grad_sign, weight_decay, decay_factor, decoupled)
     exp_avg[...] = _lerp(exp_avg, d, one_minus_beta1)
     # addcmul: (1 - beta2) * g first, then * g; g * g alone would overflow float32 for |g| > 1.8e19
     exp_avg_sq[...] = beta2 * exp_avg_sq + (one_minus_beta2 * d) * d

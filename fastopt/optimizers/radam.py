@@ -14,18 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastopt.records import BenchCase, ConvergenceEntry, Record, register_record
-from fastopt.reference import _direction, _lerp
+from fastopt.reference import _decayed_direction, _lerp
 from fastopt.specs import Hyper, OptimizerSpec, Slot, above_zero, at_least_zero, beta_pair, boolean, register
 
 
 def reference(param, grad, exp_avg, exp_avg_sq, grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2,
               one_minus_beta2, bias_correction1, lr, eps, bias_correction2_sqrt, rect, rectified, decoupled):
-    if decoupled:  # shrink the parameter, leave the gradient alone
-        if weight_decay != 0:
-            param *= decay_factor
-        d = _direction(param, grad, grad_sign, 0.0)
-    else:
-        d = _direction(param, grad, grad_sign, weight_decay)
+    d = _decayed_direction(param, grad, grad_sign, weight_decay, decay_factor, decoupled)
     exp_avg[...] = _lerp(exp_avg, d, one_minus_beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + (one_minus_beta2 * d) * d   # mul_(beta2).addcmul_(d, d, 1 - beta2)
     update = (exp_avg / bias_correction1) * lr

@@ -104,6 +104,15 @@ def direction(g, param, grad_sign, weight_decay, decay):
 
 
 @njit(inline="always", **SPAN_OPTIONS)
+def decayed_direction(g, param, grad_sign, weight_decay, decay_factor, decoupled):
+    """The Adam family's weight decay (fastopt.reference._decayed_direction): (param, direction). Decoupled (AdamW)
+    shrinks the param by decay_factor and leaves the gradient alone; coupled adds weight_decay * param to it."""
+    if decoupled and weight_decay != 0:
+        param = param * decay_factor
+    return param, direction(g, param, grad_sign, weight_decay, weight_decay != 0 and not decoupled)
+
+
+@njit(inline="always", **SPAN_OPTIONS)
 def lerp(start, end, weight):
     """torch.lerp as its CPU kernel evaluates it, less the fused multiply-add (fastopt.reference._lerp): both formulas,
     then a select on the weight (a branch there stops LLVM vectorising the generated loop)."""

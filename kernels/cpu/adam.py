@@ -5,17 +5,13 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS, lerp
+from ._common import ELEMENT_OPTIONS, decayed_direction, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
 def element(p, g, m, v, v_max, lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
             step_size, bias_correction2_sqrt, decay_factor, amsgrad, decoupled):
-    if decoupled and weight_decay != 0:
-        p = p * decay_factor
-    d = g * grad_sign
-    if weight_decay != 0 and not decoupled:
-        d = d + weight_decay * p
+    p, d = decayed_direction(g, p, grad_sign, weight_decay, decay_factor, decoupled)
     m = lerp(m, d, one_minus_beta1)
     v = beta2 * v + (one_minus_beta2 * d) * d   # torch's addcmul order: d * d alone overflows sooner
     second = v

@@ -5,15 +5,13 @@
 import numpy as np
 from numba import njit
 
-from ._common import ELEMENT_OPTIONS, direction, lerp
+from ._common import ELEMENT_OPTIONS, decayed_direction, lerp
 
 
 @njit(**ELEMENT_OPTIONS)
 def element(p, g, exp_avg, exp_avg_sq, grad_sign, weight_decay, decay_factor, one_minus_beta1, beta2,
             one_minus_beta2, bias_correction1, lr, eps, bias_correction2_sqrt, rect, rectified, decoupled):
-    if decoupled and weight_decay != 0:
-        p = p * decay_factor
-    d = direction(g, p, grad_sign, weight_decay, weight_decay != 0 and not decoupled)
+    p, d = decayed_direction(g, p, grad_sign, weight_decay, decay_factor, decoupled)
     exp_avg = lerp(exp_avg, d, one_minus_beta1)
     exp_avg_sq = beta2 * exp_avg_sq + (one_minus_beta2 * d) * d   # torch's addcmul order
     plain = (exp_avg / bias_correction1) * lr

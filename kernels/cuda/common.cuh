@@ -263,6 +263,15 @@ __device__ __forceinline__ C fo_direction(C p, C g, C grad_sign, C weight_decay)
     return d;
 }
 
+// The Adam family's weight decay (fastopt.reference._decayed_direction): decoupled (AdamW) shrinks the parameter by
+// decay_factor = 1 - lr * weight_decay and leaves the gradient alone; coupled adds it to the gradient (fo_direction).
+template <bool DECOUPLED, typename C>
+__device__ __forceinline__ C fo_decayed_direction(C& p, C g, C grad_sign, C weight_decay, C decay_factor) {
+    if (!DECOUPLED) return fo_direction(p, g, grad_sign, weight_decay);
+    if (weight_decay != C(0)) p = p * decay_factor;
+    return g * grad_sign;
+}
+
 // ---- reductions (kernel contract v2) --------------------------------------------------------------------------------
 //
 // Deterministic multi-tensor reductions in float64, two launches per phase and nothing allocated per step:

@@ -11,13 +11,7 @@ struct fo_radam_op {
     static constexpr unsigned ACTIVE = 3u;
 
     __device__ __forceinline__ void operator()(C& p, C g, C (&s)[NSLOTS]) const {
-        C d;
-        if (DECOUPLED) {
-            if (weight_decay != C(0)) p = p * decay_factor;
-            d = g * grad_sign;
-        } else {
-            d = fo_direction(p, g, grad_sign, weight_decay);
-        }
+        const C d = fo_decayed_direction<DECOUPLED>(p, g, grad_sign, weight_decay, decay_factor);
         s[0] = fo_lerp(s[0], d, one_minus_beta1);
         s[1] = beta2 * s[1] + (one_minus_beta2 * d) * d;  // torch's addcmul order: d * d alone overflows sooner
         C update = (s[0] / bias_correction1) * lr;
